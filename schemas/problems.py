@@ -1,0 +1,36 @@
+"""RFC 9457 problem details, the body of every error response."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProblemItem(BaseModel):
+    loc: list[str | int] = Field(description="JSON location of the offending value, from the body's root.")
+    msg: str = Field(description="What is wrong with it.")
+
+
+class Problem(BaseModel):
+    """An error. Extra members may follow (`compute_index`, `line`, `column`, `request_id`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI of the problem type; its last segment names it (e.g. non-persistent-tape).")
+    title: str = Field(description="Short summary of the problem type.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request.")
+    errors: list[ProblemItem] | None = Field(default=None, description="Every offending value, with its location.")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": Problem, "description": text, "content": {"application/problem+json": {}}}
+    for status, text in {
+        400: "Body is not JSON",
+        401: "API keys are configured and the request has none that is valid",
+        413: "Body larger than TAPESERVE_MAX_BODY_BYTES",
+        415: "Body is not application/json",
+        422: "Schema, shape, dtype, value, program or tape-semantics error",
+        429: "Work queue full (see Retry-After)",
+        504: "Request deadline TAPESERVE_TIMEOUT_S passed",
+    }.items()
+}

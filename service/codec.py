@@ -1,0 +1,253 @@
+"""JSON tensors <-> numpy arrays (API.md §1). Strict on the way in, strict JSON on the way out.
+
+In: a number, rectangular nested arrays, `{"shape", "data", "dtype"?}` or `{"shape", "dtype"?, "b64"}`.
+Every rejection is a `ValidationFailed` carrying the JSON location of the offending value, down to
+the index inside nested data. Out: `{"shape", "dtype", "values"}` (non-finite values as the strings
+"NaN", "Infinity", "-Infinity") or `{"shape", "dtype", "b64"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from service.errors import LimitExceeded, Loc, ValidationFailed
+
+MAX_RANK = 8
+DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("float32"),
+    "float64": np.dtype("float64"),
+    "int32": np.dtype("int32"),
+    "int64": np.dtype("int64"),
+}
+FLOAT_DTYPES = ("float32", "float64")
+Encoding = Literal["nested", "b64"]
+_OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
+_NON_FINITE_WORDS = {"nan", "infinity", "-infinity", "inf", "-inf", "+inf", "+infinity"}
+
+
+def _reject(loc: Loc, msg: str) -> ValidationFailed:
+    return ValidationFailed.at(tuple(loc), msg)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        if value.strip().lower() in _NON_FINITE_WORDS:
+            return f"the string {value!r} (non-finite numbers are not accepted)"
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _check_size(shape: Sequence[int], loc: Loc, max_elements: int) -> None:
+    if len(shape) > MAX_RANK:
+        raise _reject(loc, f"rank {len(shape)} is above the maximum rank {MAX_RANK}")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise LimitExceeded.at(
+            tuple(loc),
+            f"{count:,} elements (shape {list(shape)}) exceed the limit of {max_elements:,} "
+            "(TAPESERVE_MAX_ELEMENTS)",
+        )
+
+
+def _leading_shape(value: list[Any], loc: Loc, max_elements: int) -> list[int]:
+    """Shape read off the first element at each depth; bounds rank and size before numpy allocates."""
+    shape: list[int] = []
+    node: Any = value
+    while isinstance(node, list):
+        shape.append(len(node))
+        if len(shape) > MAX_RANK:
+            raise _reject(loc, f"nesting deeper than the maximum rank {MAX_RANK}")
+        if not node:
+            break
+        node = node[0]
+    _check_size(shape, loc, max_elements)
+    return shape
+
+
+def _find_defect(value: Any, shape: Sequence[int], loc: list[str | int]) -> ValidationFailed | None:
+    """The first element that keeps `value` from being a rectangular numeric array of `shape`."""
+    if not shape:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return _reject(loc, f"expected a number, got {_describe(value)}")
+        if isinstance(value, int) and abs(value) > 2**63 - 1:
+            return _reject(loc, "integer is out of the 64-bit range")
+        return None
+    if not isinstance(value, list):
+        return _reject(loc, f"ragged array: expected an array of {shape[0]} elements, got {_describe(value)}")
+    if len(value) != shape[0]:
+        return _reject(loc, f"ragged array: expected {shape[0]} elements like its first sibling, got {len(value)}")
+    for index, item in enumerate(value):
+        defect = _find_defect(item, shape[1:], [*loc, index])
+        if defect is not None:
+            return defect
+    return None
+
+
+def _has_bool(value: list[Any], depth: int) -> bool:
+    if depth == 1:
+        return any(type(item) is bool for item in value)
+    return any(_has_bool(item, depth - 1) for item in value)
+
+
+def _from_nested(value: list[Any], loc: Loc, max_elements: int) -> np.ndarray:
+    shape = _leading_shape(value, loc, max_elements)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is None or array.dtype.kind not in "iuf" or array.shape != tuple(shape) or _has_bool(value, len(shape)):
+        defect = _find_defect(value, shape, list(loc))
+        raise defect if defect is not None else _reject(loc, "not a rectangular array of numbers")
+    if array.dtype.kind == "u":
+        array = array.astype(np.float64)
+    return array
+
+
+def _parse_shape(raw: Any, loc: Loc, max_elements: int) -> tuple[int, ...]:
+    if not isinstance(raw, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in raw):
+        raise _reject([*loc, "shape"], "shape must be an array of non-negative integers")
+    if any(d < 0 for d in raw):
+        raise _reject([*loc, "shape"], "shape must not contain negative sizes")
+    _check_size(raw, [*loc, "shape"], max_elements)
+    return tuple(raw)
+
+
+def _parse_dtype(raw: Any, loc: Loc) -> np.dtype[Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or raw not in DTYPES:
+        raise _reject([*loc, "dtype"], f"dtype must be one of {', '.join(DTYPES)}, got {raw!r}")
+    return DTYPES[raw]
+
+
+def _from_object(value: dict[str, Any], loc: Loc, max_elements: int, default: np.dtype[Any]) -> np.ndarray:
+    unknown = sorted(set(value) - _OBJECT_KEYS)
+    if unknown:
+        raise _reject([*loc, unknown[0]], f"unknown tensor field {unknown[0]!r} (expected shape, data|b64, dtype)")
+    if "shape" not in value:
+        raise _reject([*loc, "shape"], "a tensor object needs a shape")
+    shape = _parse_shape(value["shape"], loc, max_elements)
+    declared = _parse_dtype(value.get("dtype"), loc)
+    count = math.prod(shape)
+    if ("data" in value) == ("b64" in value):
+        raise _reject(loc, "a tensor object needs exactly one of data or b64")
+    if "b64" in value:
+        dtype = declared or default
+        raw = value["b64"]
+        if not isinstance(raw, str):
+            raise _reject([*loc, "b64"], "b64 must be a base64 string")
+        try:
+            buffer = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise _reject([*loc, "b64"], "not valid base64") from None
+        if len(buffer) != count * dtype.itemsize:
+            raise _reject(
+                [*loc, "b64"],
+                f"{len(buffer)} bytes do not match shape {list(shape)} of {dtype.name} "
+                f"({count * dtype.itemsize} bytes expected)",
+            )
+        array = np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise _reject([*loc, "b64"], f"non-finite value at index {list(index)}; inputs must be finite")
+        return array
+    data = value["data"]
+    if not isinstance(data, list):
+        raise _reject([*loc, "data"], f"data must be a flat array of numbers, got {_describe(data)}")
+    if len(data) != count:
+        raise _reject([*loc, "data"], f"{len(data)} values do not match shape {list(shape)} ({count} expected)")
+    flat = _from_nested(data, [*loc, "data"], max_elements) if data else np.zeros(0)
+    if flat.ndim != 1:
+        raise _reject([*loc, "data"], "data must be flat (row-major); put the dimensions in shape")
+    array = flat.reshape(shape)
+    return _cast(array, declared, loc) if declared is not None else array
+
+
+def _cast(array: np.ndarray, dtype: np.dtype[Any], loc: Loc) -> np.ndarray:
+    if array.dtype == dtype:
+        return array
+    if dtype.kind == "i":
+        if array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
+            raise _reject(loc, f"{dtype.name} values must be whole numbers")
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise _reject(loc, f"values out of the {dtype.name} range")
+    elif dtype == np.float32 and array.size and np.abs(array).max() > np.finfo(np.float32).max:
+        raise _reject(loc, "values overflow float32; send dtype float64")
+    return array.astype(dtype)
+
+
+def decode(value: Any, loc: Loc, *, max_elements: int, dtype: str | None = None) -> np.ndarray:
+    """A request tensor as a numpy array.
+
+    `dtype` is the dtype the field wants (the result is cast to it, range-checked). Without it the
+    result keeps a dtype declared in the object forms, else float64 for numbers with a fraction or
+    exponent and int64 for whole-number data.
+    """
+    wanted = DTYPES[dtype] if dtype is not None else None
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        raise _reject(loc, f"expected a tensor (number, nested arrays or tensor object), got {_describe(value)}")
+    if isinstance(value, int | float):
+        defect = _find_defect(value, (), list(loc))
+        if defect is not None:
+            raise defect
+        array = np.asarray(value)
+    elif isinstance(value, list):
+        array = _from_nested(value, loc, max_elements)
+    elif isinstance(value, dict):
+        array = _from_object(value, loc, max_elements, wanted or DTYPES["float64"])
+    else:
+        raise _reject(loc, f"expected a tensor, got {_describe(value)}")
+    return _cast(array, wanted, loc) if wanted is not None else array
+
+
+# ---------------------------------------------------------------------------------------------- out
+
+
+def _nested_values(array: np.ndarray) -> Any:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        cells = array.astype(object)
+        cells[np.isnan(array)] = "NaN"
+        cells[np.isposinf(array)] = "Infinity"
+        cells[np.isneginf(array)] = "-Infinity"
+        return cells.tolist()
+    if array.ndim == 0:
+        return array.item()
+    # orjson writes numpy arrays natively (float32 in its shortest round-trip form)
+    return np.ascontiguousarray(array)
+
+
+def encode(array: np.ndarray, encoding: Encoding = "nested") -> dict[str, Any]:
+    """A numpy array as a response tensor."""
+    array = np.asarray(array)
+    head: dict[str, Any] = {"shape": list(array.shape), "dtype": array.dtype.name}
+    if encoding == "b64":
+        head["b64"] = base64.b64encode(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).decode()
+    else:
+        head["values"] = _nested_values(array)
+    return head
+
+
+def render(document: Any) -> bytes:
+    """Serialise a response document (numpy arrays allowed inside) as strict JSON."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse(body: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are rejected."""
+    return orjson.loads(body)

@@ -1,0 +1,49 @@
+"""Exceptions raised by the compute layer. They carry the JSON location of the culprit, not HTTP.
+
+The worker turns each into a `ServiceError` (422 for all of these); compute code never imports
+FastAPI or the service's error module.
+"""
+
+from __future__ import annotations
+
+Loc = tuple[str | int, ...]
+
+
+class ComputeError(Exception):
+    """Base of every error the compute layer raises on purpose."""
+
+    def __init__(self, message: str, loc: Loc = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+
+
+class InvalidInput(ComputeError):
+    """A value, shape or dtype the computation cannot accept; `loc` is its JSON location."""
+
+
+class LimitExceeded(InvalidInput):
+    """A request (or an intermediate it would create) is larger than the configured limits."""
+
+
+class ProgramError(InvalidInput):
+    """An error in a /v1/tape program: syntax, a forbidden construct, or TensorFlow failing on a line."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        where = f"line {line}, column {column}: " if line is not None else ""
+        loc: Loc = ("body", "program") if line is None else ("body", "program", f"line {line}", f"col {column}")
+        super().__init__(where + message, loc)
+        self.line = line
+        self.column = column
+
+
+class TapeSemanticsError(InvalidInput):
+    """A compute entry the tape cannot answer (unknown name, integer source, bad tangent shape...)."""
+
+    def __init__(self, message: str, compute_index: int, loc: Loc = ()) -> None:
+        super().__init__(message, loc or ("body", "compute", compute_index))
+        self.compute_index = compute_index
+
+
+class NonPersistentTapeError(TapeSemanticsError):
+    """A non-persistent tape was asked for a second set of gradients; message is TensorFlow's own."""

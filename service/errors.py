@@ -1,0 +1,239 @@
+"""One error family and one handler: every failure leaves the service as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.compute import errors as compute_errors
+
+logger = logging.getLogger("tapeserve")
+
+PROBLEM_BASE = "https://tapeserve.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+Loc = Sequence[str | int]
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers with; subclasses fix `status`, `slug` and `title`."""
+
+    status: int = 500
+    slug: str = "internal"
+    title: str = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        problem: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            problem["errors"] = self.errors
+        problem.update(self.extra)
+        if request_id is not None:
+            problem["request_id"] = request_id
+        return problem
+
+
+class BadRequest(ServiceError):
+    status, slug, title = 400, "malformed-json", "Body is not valid JSON"
+
+
+class Unauthorized(ServiceError):
+    status, slug, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class NotFound(ServiceError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class PayloadTooLarge(ServiceError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "Body must be application/json"
+
+
+class ValidationFailed(ServiceError):
+    status, slug, title = 422, "validation", "Request is not valid"
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str) -> ValidationFailed:
+        """One error at one JSON location: the common case."""
+        return cls(f"{format_loc(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
+class LimitExceeded(ValidationFailed):
+    slug, title = "limit-exceeded", "Request exceeds a configured limit"
+
+
+class ProgramRejected(ValidationFailed):
+    slug, title = "program", "Program rejected"
+
+
+class TapeSemantics(ValidationFailed):
+    slug, title = "tape-semantics", "The tape cannot compute what was asked"
+
+
+class NonPersistentTape(TapeSemantics):
+    slug, title = "non-persistent-tape", "Non-persistent tape used twice"
+
+
+class QueueFull(ServiceError):
+    status, slug, title = 429, "queue-full", "Work queue is full"
+
+
+class NotReady(ServiceError):
+    status, slug, title = 503, "not-ready", "Service is starting"
+
+
+class DeadlineExceeded(ServiceError):
+    status, slug, title = 504, "deadline-exceeded", "Request deadline passed"
+
+
+class InternalError(ServiceError):
+    status, slug, title = 500, "internal", "Internal server error"
+
+
+def format_loc(loc: Loc) -> str:
+    """`("body", "layers", 0, "weights")` -> `body.layers[0].weights`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def from_compute_error(error: compute_errors.ComputeError) -> ServiceError:
+    """Map a compute-layer exception onto its problem type (all are the client's 422s)."""
+    loc = list(error.loc)
+    errors = [{"loc": loc, "msg": error.message}] if loc else None
+    detail = f"{format_loc(loc)}: {error.message}" if loc else error.message
+    if isinstance(error, compute_errors.NonPersistentTapeError):
+        return NonPersistentTape(detail, errors=errors, extra={"compute_index": error.compute_index})
+    if isinstance(error, compute_errors.TapeSemanticsError):
+        return TapeSemantics(detail, errors=errors, extra={"compute_index": error.compute_index})
+    if isinstance(error, compute_errors.ProgramError):
+        extra = {"line": error.line, "column": error.column} if error.line is not None else {}
+        return ProgramRejected(error.message, errors=errors, extra=extra)
+    if isinstance(error, compute_errors.LimitExceeded):
+        return LimitExceeded(detail, errors=errors)
+    return ValidationFailed(detail, errors=errors)
+
+
+def problem_response(error: ServiceError, request_id: str | None = None) -> Response:
+    """The one place a problem+json body is rendered."""
+    headers = dict(error.headers)
+    if request_id is not None:
+        headers.setdefault("X-Request-ID", request_id)
+    return Response(
+        orjson.dumps(error.body(request_id if error.status >= 500 else None)),
+        status_code=error.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def _validation_errors(exc: RequestValidationError) -> ServiceError:
+    errors: list[dict[str, Any]] = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+            return BadRequest(f"Body is not valid JSON: {reason}")
+        loc = list(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "missing" and not loc[1:]:
+            msg = "a JSON body is required"
+        errors.append({"loc": loc, "msg": msg})
+    first = errors[0] if errors else {"loc": ["body"], "msg": "invalid"}
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ValidationFailed(f"{format_loc(first['loc'])}: {first['msg']}{more}", errors=errors)
+
+
+_HTTP_ERRORS: dict[int, type[ServiceError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: ValidationFailed,
+    429: QueueFull,
+    503: NotReady,
+    504: DeadlineExceeded,
+}
+
+
+def as_service_error(exc: Exception) -> ServiceError:
+    """Whatever was raised, the ServiceError that answers it."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, compute_errors.ComputeError):
+        return from_compute_error(exc)
+    if isinstance(exc, RequestValidationError):
+        return _validation_errors(exc)
+    if isinstance(exc, StarletteHTTPException):
+        cls = _HTTP_ERRORS.get(exc.status_code)
+        detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if cls is None:
+            err = ServiceError(detail, headers=dict(exc.headers or {}))
+            err.status, err.slug, err.title = exc.status_code, "http", detail
+            return err
+        return cls(detail, headers=dict(exc.headers or {}))
+    return InternalError("An unexpected error occurred; quote the request_id when reporting it.")
+
+
+async def handle_exception(request: Request, exc: Exception) -> Response:
+    """The one exception handler, registered for every exception type the app can see."""
+    error = as_service_error(exc)
+    request_id = _request_id(request)
+    if error.status >= 500:
+        logger.error(
+            "request failed",
+            exc_info=exc if not isinstance(exc, ServiceError) else None,
+            extra={"request_id": request_id, "path": request.url.path, "status": error.status},
+        )
+    return problem_response(error, request_id)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for exc_type in (ServiceError, compute_errors.ComputeError, RequestValidationError,
+                     StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, handle_exception)

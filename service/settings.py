@@ -1,0 +1,72 @@
+"""The one settings object: every knob of the service, read from `TAPESERVE_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one tapeserve process (API.md §8). Every field is optional."""
+
+    model_config = SettingsConfigDict(env_prefix="TAPESERVE_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Interface the HTTP server binds to."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port the HTTP server listens on."""
+
+    device: str = "auto"
+    """`auto` (first GPU, else CPU), `cpu`, `gpu`, `gpu:N`, or a TensorFlow device string like `/CPU:1`."""
+
+    device_fallback: Literal["none", "cpu"] = "none"
+    """`cpu`: start on the CPU when the requested GPU is absent instead of refusing to start."""
+
+    cpu_logical_devices: int = Field(default=1, ge=1, le=16)
+    """Split the physical CPU into this many logical devices (lets GPU-style pinning run on a CPU host)."""
+
+    api_keys: str = ""
+    """Comma-separated API keys; empty leaves the API open."""
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 beyond)."""
+
+    max_elements: int = Field(default=4_194_304, ge=1)
+    """Largest tensor, in elements, a request may send or a computation may create (422 beyond)."""
+
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Deadline of one request, queueing included (504 beyond)."""
+
+    queue_limit: int = Field(default=256, ge=1)
+    """Jobs waiting for the worker at most (429 beyond)."""
+
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    """Log level of the service's own logs."""
+
+    batch_window_ms: float = Field(default=1.0, ge=0)
+    """How long the worker waits to merge concurrent compatible requests; 0 disables micro-batching."""
+
+    max_batch_requests: int = Field(default=64, ge=1)
+    """Most requests merged into one compiled call."""
+
+    function_cache_size: int = Field(default=128, ge=1)
+    """Compiled functions kept per kind of computation (least recently used dropped)."""
+
+    max_fd_elements: int = Field(default=20_000, ge=1)
+    """Most elements a gradient check perturbs by finite differences (422 beyond)."""
+
+    warmup: bool = True
+    """Trace the seed network at start-up so the first request is fast (`/readyz` waits for it)."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured API keys, blanks dropped."""
+        return tuple(key.strip() for key in self.api_keys.split(",") if key.strip())

@@ -1,0 +1,169 @@
+"""The codec against hand-made arrays: every request form in, strict JSON out, every rejection located."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from service import codec
+from service.errors import LimitExceeded, ValidationFailed
+
+LIMIT = 1000
+
+
+def decode(value: Any, dtype: str | None = None, limit: int = LIMIT) -> np.ndarray:
+    return codec.decode(value, ("body", "x"), max_elements=limit, dtype=dtype)
+
+
+def rejection(value: Any, dtype: str | None = None, limit: int = LIMIT) -> ValidationFailed:
+    with pytest.raises(ValidationFailed) as caught:
+        decode(value, dtype, limit)
+    return caught.value
+
+
+def test_number_is_rank_zero() -> None:
+    array = decode(2.5, "float32")
+    assert array.shape == () and array.dtype == np.float32 and float(array) == 2.5
+
+
+def test_nested_arrays_keep_shape_and_cast() -> None:
+    array = decode([[1, 2], [3, 4]], "float64")
+    np.testing.assert_array_equal(array, np.array([[1.0, 2.0], [3.0, 4.0]]))
+    assert array.dtype == np.float64
+
+
+def test_whole_numbers_without_dtype_are_integers() -> None:
+    assert decode([0, 1]).dtype == np.int64
+    assert decode([0.5, 1]).dtype == np.float64
+
+
+def test_flat_with_shape_is_row_major() -> None:
+    array = decode({"shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}, "float32")
+    np.testing.assert_array_equal(array, np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+
+
+def test_flat_declared_dtype_is_kept_without_field_dtype() -> None:
+    assert decode({"shape": [2], "data": [1, 2], "dtype": "int32"}).dtype == np.int32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_base64_round_trip(dtype: str) -> None:
+    original = (np.arange(12).reshape(3, 4) - 5).astype(dtype)
+    payload = {"shape": [3, 4], "dtype": dtype, "b64": base64.b64encode(original.astype(original.dtype.newbyteorder("<")).tobytes()).decode()}
+    decoded = decode(payload)
+    np.testing.assert_array_equal(decoded, original)
+    assert decoded.dtype == original.dtype
+    encoded = codec.encode(original, "b64")
+    assert encoded["shape"] == [3, 4] and encoded["dtype"] == dtype
+    np.testing.assert_array_equal(decode({k: encoded[k] for k in ("shape", "dtype", "b64")}), original)
+
+
+def test_base64_defaults_to_the_field_dtype() -> None:
+    raw = np.array([1.5, -2.0], dtype="<f4").tobytes()
+    np.testing.assert_array_equal(decode({"shape": [2], "b64": base64.b64encode(raw).decode()}, "float32"), [1.5, -2.0])
+
+
+@pytest.mark.parametrize(
+    ("value", "loc", "words"),
+    [
+        ([[1, 2], [3]], ["body", "x", 1], "ragged"),
+        ([[1, 2], 3], ["body", "x", 1], "ragged"),
+        ([1, True], ["body", "x", 1], "boolean"),
+        ([[1.5, 2], [False, 1]], ["body", "x", 1, 0], "boolean"),
+        ([1, "2"], ["body", "x", 1], "string"),
+        ([1, None], ["body", "x", 1], "null"),
+        ([1, "NaN"], ["body", "x", 1], "non-finite"),
+        ([1, "Infinity"], ["body", "x", 1], "non-finite"),
+        ([1, {"a": 1}], ["body", "x", 1], "object"),
+        ([1, 2**70], ["body", "x", 1], "64-bit"),
+        (True, ["body", "x"], "boolean"),
+        ("1.0", ["body", "x"], "string"),
+        (None, ["body", "x"], "null"),
+    ],
+)
+def test_bad_nested_values_are_located(value: Any, loc: list[Any], words: str) -> None:
+    error = rejection(value, "float32")
+    assert error.status == 422
+    assert error.errors is not None and error.errors[0]["loc"] == loc
+    assert words in error.errors[0]["msg"]
+
+
+def test_rank_above_eight_is_rejected_before_numpy() -> None:
+    deep: Any = [1.0]
+    for _ in range(9):
+        deep = [deep]
+    assert "rank" in rejection(deep).detail
+
+
+def test_element_limit_counts_declared_shapes() -> None:
+    error = rejection({"shape": [100000, 100000], "b64": ""}, "float32")
+    assert isinstance(error, LimitExceeded)
+    assert "10,000,000,000" in error.detail and "1,000" in error.detail
+
+
+def test_element_limit_on_nested_arrays() -> None:
+    assert isinstance(rejection([[0.0] * 40] * 40), LimitExceeded)
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "words"),
+    [
+        ({"shape": [2, 2], "data": [1, 2, 3]}, "data", "3 values"),
+        ({"shape": [2], "data": [[1], [2]]}, "data", "flat"),
+        ({"shape": [2], "b64": "!!!"}, "b64", "base64"),
+        ({"shape": [2], "b64": base64.b64encode(b"\0" * 7).decode()}, "b64", "7 bytes"),
+        ({"shape": [2], "data": [1, 2], "dtype": "complex64"}, "dtype", "dtype"),
+        ({"shape": [-1], "data": []}, "shape", "negative"),
+        ({"shape": [2.5], "data": [1, 2]}, "shape", "integers"),
+        ({"shape": [1], "data": [1], "extra": 1}, "extra", "unknown"),
+    ],
+)
+def test_bad_tensor_objects_name_the_field(value: Any, field: str, words: str) -> None:
+    error = rejection(value, "float32")
+    assert error.errors is not None and error.errors[0]["loc"][:3] == ["body", "x", field]
+    assert words in error.errors[0]["msg"]
+
+
+def test_missing_data_and_b64() -> None:
+    assert "exactly one of data or b64" in rejection({"shape": [1]}).detail
+
+
+def test_non_finite_base64_is_rejected() -> None:
+    raw = np.array([1.0, math.nan], dtype="<f8").tobytes()
+    assert "non-finite" in rejection({"shape": [2], "dtype": "float64", "b64": base64.b64encode(raw).decode()}).detail
+
+
+def test_int_field_refuses_fractions_and_overflow() -> None:
+    assert "whole numbers" in rejection([0.5], "int32").detail
+    assert "range" in rejection([2**40], "int32").detail
+
+
+def test_float32_overflow_is_rejected() -> None:
+    assert "float32" in rejection([1e300], "float32").detail
+
+
+def test_strict_json_parsing() -> None:
+    for text in (b"NaN", b"[Infinity]", b"[-Infinity]", b"[1e400]", b"{'a': 1}"):
+        with pytest.raises(orjson.JSONDecodeError):
+            codec.parse(text)
+
+
+def test_encode_writes_non_finite_as_strings() -> None:
+    array = np.array([1.0, math.inf, -math.inf, math.nan], dtype=np.float32)
+    rendered = orjson.loads(codec.render(codec.encode(array)))
+    assert rendered == {"shape": [4], "dtype": "float32", "values": [1.0, "Infinity", "-Infinity", "NaN"]}
+
+
+def test_encode_scalar_is_a_bare_number() -> None:
+    rendered = orjson.loads(codec.render(codec.encode(np.float32(0.25))))
+    assert rendered == {"shape": [], "dtype": "float32", "values": 0.25}
+
+
+def test_float32_values_render_in_shortest_form() -> None:
+    rendered = codec.render(codec.encode(np.array([0.31, 0.69], dtype=np.float32)))
+    assert b"[0.31,0.69]" in rendered
