@@ -59,8 +59,7 @@ def _check_size(shape: Sequence[int], loc: Loc, max_elements: int) -> None:
     if count > max_elements:
         raise LimitExceeded.at(
             tuple(loc),
-            f"{count:,} elements (shape {list(shape)}) exceed the limit of {max_elements:,} "
-            "(TAPESERVE_MAX_ELEMENTS)",
+            f"{count:,} elements (shape {list(shape)}) exceed the limit of {max_elements:,} (TAPESERVE_MAX_ELEMENTS)",
         )
 
 
@@ -227,17 +226,18 @@ def _nested_values(array: np.ndarray) -> Any:
         cells[np.isneginf(array)] = "-Infinity"
         return cells.tolist()
     if array.ndim == 0:
-        return array.item()
+        return array[()]  # a numpy scalar, so float32 keeps its shortest form too
     # orjson writes numpy arrays natively (float32 in its shortest round-trip form)
     return np.ascontiguousarray(array)
 
 
-def encode(array: np.ndarray, encoding: Encoding = "nested") -> dict[str, Any]:
+def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested") -> dict[str, Any]:
     """A numpy array as a response tensor."""
     array = np.asarray(array)
     head: dict[str, Any] = {"shape": list(array.shape), "dtype": array.dtype.name}
     if encoding == "b64":
-        head["b64"] = base64.b64encode(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).decode()
+        little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        head["b64"] = base64.b64encode(little_endian.tobytes()).decode()
     else:
         head["values"] = _nested_values(array)
     return head

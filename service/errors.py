@@ -234,6 +234,11 @@ async def handle_exception(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for exc_type in (ServiceError, compute_errors.ComputeError, RequestValidationError,
-                     StarletteHTTPException, Exception):
+    for exc_type in (
+        ServiceError,
+        compute_errors.ComputeError,
+        RequestValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
         app.add_exception_handler(exc_type, handle_exception)

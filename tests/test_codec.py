@@ -54,7 +54,11 @@ def test_flat_declared_dtype_is_kept_without_field_dtype() -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
 def test_base64_round_trip(dtype: str) -> None:
     original = (np.arange(12).reshape(3, 4) - 5).astype(dtype)
-    payload = {"shape": [3, 4], "dtype": dtype, "b64": base64.b64encode(original.astype(original.dtype.newbyteorder("<")).tobytes()).decode()}
+    payload = {
+        "shape": [3, 4],
+        "dtype": dtype,
+        "b64": base64.b64encode(original.astype(original.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
     decoded = decode(payload)
     np.testing.assert_array_equal(decoded, original)
     assert decoded.dtype == original.dtype

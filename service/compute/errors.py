@@ -47,3 +47,7 @@ class TapeSemanticsError(InvalidInput):
 
 class NonPersistentTapeError(TapeSemanticsError):
     """A non-persistent tape was asked for a second set of gradients; message is TensorFlow's own."""
+
+
+class ProgramLimitExceeded(ProgramError, LimitExceeded):
+    """A /v1/tape program line is too deeply nested, or would create an intermediate above the limits."""
