@@ -1,0 +1,56 @@
+"""The application factory: `create_app(settings)`, and `app` for `uvicorn service.app:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.errors import install_error_handlers
+from service.http import RequestContextMiddleware
+from service.routes import networks, system
+from service.settings import Settings
+from service.worker import Worker
+
+DESCRIPTION = """\
+TensorFlow's `GradientTape` as a REST service: post JSON tensors, weights and activation names; get back
+losses, gradients, the gradients `tape.gradient` gives for non-scalar targets, and full Jacobians — with
+shapes and values. Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A tapeserve application; its lifespan starts the TensorFlow worker and drains it on shutdown."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = Worker(settings)
+        await worker.start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app = FastAPI(
+        title="tapeserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    for module in (system, networks):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.app:app` gets an app built from the environment, only when asked for
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

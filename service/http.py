@@ -1,0 +1,116 @@
+"""HTTP plumbing shared by every route: strict JSON bodies, body-size limits, request ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import codec
+from service.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    problem_response,
+)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class JSONBytesResponse(Response):
+    """A response whose body is already-rendered JSON bytes (see `codec.render`)."""
+
+    media_type = "application/json"
+
+
+def json_response(document: Any) -> JSONBytesResponse:
+    return JSONBytesResponse(codec.render(document))
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class StrictJSONRoute(APIRoute):
+    """Parses bodies with strict JSON (no NaN/Infinity/overflowing numbers) before FastAPI validates them.
+
+    Also answers 415 for a body that is not declared as JSON, and 400 for one that is not JSON.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            if request.method in _BODY_METHODS:
+                body = await request.body()
+                if not _is_json(request.headers.get("content-type", "")):
+                    raise UnsupportedMediaType(
+                        f"Content-Type must be application/json, got {request.headers.get('content-type')!r}."
+                    )
+                if not body.strip():
+                    raise ValidationFailed.at(("body",), "a JSON body is required")
+                try:
+                    request._json = codec.parse(body)  # Starlette caches the parsed body here
+                except orjson.JSONDecodeError as error:
+                    raise BadRequest(f"Body is not valid strict JSON: {error}") from None
+            return await handler(request)
+
+        return strict_handler
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (X-Request-ID in, or a new one; echoed back) and bounds its body size.
+
+    A declared Content-Length over the limit is answered 413 before anything is read; a body streamed
+    without one is counted as it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        raw_id = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            await send(message)
+
+        limit = self.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            too_large = PayloadTooLarge(
+                f"Body of {int(declared):,} bytes exceeds {limit:,} (TAPESERVE_MAX_BODY_BYTES)."
+            )
+            await problem_response(too_large, request_id)(scope, receive, send_with_id)
+            return
+
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"Body exceeds {limit:,} bytes (TAPESERVE_MAX_BODY_BYTES).")
+            return message
+
+        await self.app(scope, bounded_receive, send_with_id)

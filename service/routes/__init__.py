@@ -1,0 +1,1 @@
+"""One APIRouter per resource. Routes validate, decode, await the worker and encode — nothing else."""

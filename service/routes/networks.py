@@ -1,0 +1,87 @@
+"""`POST /v1/networks/gradients`: loss, gradients, local gradients and Jacobians of dense networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from schemas.networks import NetworkRequest, NetworkResponse
+from schemas.problems import PROBLEM_RESPONSES
+from service import codec
+from service.compute.networks import NetworkProblem, NetworkResult, prepare_network
+from service.deps import SettingsDep, WorkerDep
+from service.http import JSONBytesResponse, StrictJSONRoute, json_response
+
+router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=StrictJSONRoute)
+
+
+def decode_network(body: NetworkRequest, max_elements: int) -> NetworkProblem:
+    """The request's tensors as numpy arrays, checked against each other by the compute layer."""
+    dtype = body.dtype
+    features = codec.decode(body.features, ("body", "features"), max_elements=max_elements, dtype=dtype)
+    targets = (
+        None
+        if body.targets is None
+        else codec.decode(body.targets, ("body", "targets"), max_elements=max_elements, dtype=dtype)
+    )
+    weights = [
+        codec.decode(layer.weights, ("body", "layers", index, "weights"), max_elements=max_elements, dtype=dtype)
+        for index, layer in enumerate(body.layers)
+    ]
+    return prepare_network(
+        features,
+        labels=body.labels,
+        targets=targets,
+        weights=weights,
+        activations=[layer.activation for layer in body.layers],
+        alphas=[layer.alpha for layer in body.layers],
+        bias=body.bias,
+        loss=body.loss,
+        reduction=body.reduction,
+        dtype=dtype,
+        includes=frozenset(body.include),
+    )
+
+
+def encode_network(result: NetworkResult, device: str, dtype: str, encoding: codec.Encoding) -> dict[str, Any]:
+    def tensor(array: Any) -> dict[str, Any]:
+        return codec.encode(array, encoding)
+
+    document: dict[str, Any] = {
+        "device": device,
+        "dtype": dtype,
+        "loss": tensor(result.loss),
+        "predictions": tensor(result.predictions),
+        "gradients": [
+            {"layer": number, "weights": tensor(gradient)}
+            for number, gradient in enumerate(result.weight_gradients, start=1)
+        ],
+    }
+    if result.input_gradients is not None:
+        document["input_gradients"] = tensor(result.input_gradients)
+    if result.intermediates is not None:
+        document["intermediates"] = [
+            {"layer": number, **{name: tensor(value) for name, value in layer.items()}}
+            for number, layer in enumerate(result.intermediates, start=1)
+        ]
+    for field, named in (("local_gradients", result.local_gradients), ("jacobians", result.jacobians)):
+        if named is not None:
+            document[field] = [
+                {"target": target, "source": source, "value": tensor(value)} for target, source, value in named
+            ]
+    return document
+
+
+@router.post(
+    "/gradients",
+    response_model=NetworkResponse,
+    responses=PROBLEM_RESPONSES,
+    summary="Loss, dL/dW, local gradients and Jacobians of a dense network on samples",
+    description="The seed's 1-layer softmax network on a patient sample, generalised to any stack of dense layers "
+    "and to batches. Layer numbers are 1-based.",
+)
+async def network_gradients(body: NetworkRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
+    problem = decode_network(body, settings.max_elements)
+    result = await worker.network_gradients(problem)
+    return json_response(encode_network(result, worker.pinned_device, body.dtype, body.response_encoding))

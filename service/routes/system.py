@@ -1,0 +1,56 @@
+"""Health, readiness and service information."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from schemas.system import FunctionCache, Health, Info, Limits, Readiness
+from service import __version__, codec
+from service.deps import SettingsDep, WorkerDep
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: 200 while the process serves")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: 200 once the worker is warm, 503 before",
+    responses={503: {"model": Readiness, "description": "Still starting"}},
+)
+async def readyz(worker: WorkerDep) -> JSONResponse:
+    if worker.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/v1/info", response_model=Info, summary="Versions, pinned device, visible devices and limits")
+async def info(worker: WorkerDep, settings: SettingsDep) -> Info:
+    stats = worker.stats
+    return Info(
+        version=__version__,
+        tensorflow=worker.tf_version,
+        device=worker.pinned_device,
+        visible_devices=worker.visible_devices,
+        ready=worker.ready,
+        limits=Limits(
+            max_body_bytes=settings.max_body_bytes,
+            max_elements=settings.max_elements,
+            max_rank=codec.MAX_RANK,
+            timeout_s=settings.timeout_s,
+            queue_limit=settings.queue_limit,
+            max_fd_elements=settings.max_fd_elements,
+        ),
+        function_cache=FunctionCache(**worker.networks.stats()),
+        batching={
+            "window_ms": settings.batch_window_ms,
+            "max_requests": settings.max_batch_requests,
+            "merged_calls": stats.merged_calls,
+            "merged_jobs": stats.merged_jobs,
+        },
+    )

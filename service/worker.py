@@ -1,0 +1,321 @@
+"""The TensorFlow worker: owns the device, runs every computation in its own thread.
+
+Routes `await worker.run(...)`; jobs wait in a bounded queue (429 when full), carry a deadline (504 when it
+passes; a job whose deadline passed before it started is dropped, not run) and run inside
+`with tf.device(pinned_device)`. Compatible network jobs waiting together are merged into one compiled call
+(micro-batching) and split back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from service.compute.errors import ComputeError, LimitExceeded
+from service.compute.networks import NetworkEngine, NetworkProblem, NetworkResult
+from service.errors import DeadlineExceeded, QueueFull, ServiceError
+from service.settings import Settings
+
+logger = logging.getLogger("tapeserve.worker")
+
+T = TypeVar("T")
+MergeFn = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine (and no fallback was allowed)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    future: Future[Any]
+    deadline: float
+    call: Callable[[], Any] | None = None
+    merge_key: Hashable | None = None
+    merge_item: Any = None
+    merge_fn: MergeFn | None = None
+    abandoned: bool = False
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class WorkerStats:
+    jobs: int = 0
+    merged_calls: int = 0
+    merged_jobs: int = 0
+    dropped_expired: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+def resolve_device(requested: str, fallback: str, cpu_logical_devices: int) -> tuple[str, list[str]]:
+    """Resolve `TAPESERVE_DEVICE` to a logical device name once, at start; returns (pinned, visible)."""
+    import tensorflow as tf  # noqa: PLC0415  (TensorFlow is loaded in the worker thread only)
+
+    cpus = tf.config.list_physical_devices("CPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    if cpu_logical_devices > 1 and cpus:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_logical_devices)]
+            )
+        except RuntimeError:
+            logger.info("TensorFlow already initialised; keeping its logical CPU devices")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):
+            logger.info("memory growth for %s could not be changed after initialisation", gpu.name)
+    logical = [device.name for device in tf.config.list_logical_devices()]
+    gpu_names = [name for name in logical if ":GPU:" in name]
+    cpu_names = [name for name in logical if ":CPU:" in name]
+
+    wanted = requested.strip().lower()
+    candidates: list[str]
+    if wanted == "auto":
+        candidates = gpu_names[:1] or cpu_names[:1]
+    elif wanted == "cpu":
+        candidates = cpu_names[:1]
+    elif wanted == "gpu" or wanted.startswith("gpu:"):
+        index = int(wanted.split(":", 1)[1]) if ":" in wanted else 0
+        candidates = [name for name in gpu_names if name.endswith(f":GPU:{index}")]
+    else:
+        suffix = requested.strip().upper().lstrip("/")
+        suffix = suffix.removeprefix("DEVICE:")
+        candidates = [name for name in logical if name.upper().endswith(suffix)]
+    if not candidates and fallback == "cpu" and cpu_names:
+        logger.warning("device %r is not available; falling back to %s", requested, cpu_names[0])
+        candidates = cpu_names[:1]
+    if candidates:
+        # the fully qualified name, as TensorFlow reports where a tensor lives
+        with tf.device(candidates[0]):
+            placed = tf.identity(tf.zeros(()))
+        return str(placed.device), logical
+    raise DeviceUnavailable(
+        f"TAPESERVE_DEVICE={requested!r} is not available (visible devices: {', '.join(logical)}); "
+        "set TAPESERVE_DEVICE_FALLBACK=cpu to run on the CPU instead"
+    )
+
+
+class Worker:
+    """One thread that owns TensorFlow and the pinned device; an asyncio-facing bounded job queue."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.networks = NetworkEngine(cache_size=settings.function_cache_size)
+        self._warmups: list[Callable[[], None]] = [self.networks.warmup] if settings.warmup else []
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.queue_limit)
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self.pinned_device = ""
+        self.visible_devices: list[str] = []
+        self.tf_version = ""
+        self.stats = WorkerStats()
+        self._carry: list[_Job | None] = []
+
+    # ------------------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Start the thread; returns once the device is resolved (raises if it cannot be)."""
+        self._thread = threading.Thread(target=self._main, name="tapeserve-worker", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._started.wait)
+        if self._start_error is not None:
+            raise self._start_error
+
+    async def stop(self) -> None:
+        """Drain: jobs already queued finish, then the thread ends."""
+        if self._thread is None:
+            return
+        await asyncio.to_thread(self._queue.put, None)
+        await asyncio.to_thread(self._thread.join, 60)
+        self._thread = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def _main(self) -> None:
+        try:
+            import tensorflow as tf  # noqa: PLC0415
+
+            threads = os.cpu_count() or 1
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:
+            pass  # already initialised by an earlier app in this process
+        try:
+            self.pinned_device, self.visible_devices = resolve_device(
+                self.settings.device, self.settings.device_fallback, self.settings.cpu_logical_devices
+            )
+            self.tf_version = tf.__version__
+        except BaseException as error:  # reported to start() and re-raised there
+            self._start_error = error
+            self._started.set()
+            return
+        self._started.set()
+        with tf.device(self.pinned_device):
+            for warmup in self._warmups:
+                try:
+                    warmup()
+                except Exception:
+                    logger.exception("warm-up failed; serving anyway")
+            self._ready.set()
+            self._loop()
+
+    # ------------------------------------------------------------------------------ submitting
+    def _submit(self, job: _Job) -> Future[Any]:
+        # jobs submitted during warm-up wait in the queue; /readyz is what keeps balancers away until then
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(
+                f"{self.settings.queue_limit} jobs are already waiting (TAPESERVE_QUEUE_LIMIT); retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        return job.future
+
+    async def _await(self, job: _Job) -> Any:
+        future = asyncio.wrap_future(self._submit(job))
+        remaining = job.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            job.abandoned = True
+            raise DeadlineExceeded(
+                f"The request took longer than its deadline of {self.settings.timeout_s:g} s (TAPESERVE_TIMEOUT_S)."
+            ) from None
+
+    def deadline(self) -> float:
+        """The monotonic deadline of a request starting now."""
+        return time.monotonic() + self.settings.timeout_s
+
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` in the worker thread on the pinned device."""
+        job = _Job(Future(), deadline or self.deadline(), call=lambda: fn(*args, **kwargs))
+        result: T = await self._await(job)
+        return result
+
+    async def run_merged(self, key: Hashable, item: Any, merge_fn: MergeFn, deadline: float | None = None) -> Any:
+        """Run `merge_fn([item])[0]`, possibly merged with other queued items of the same `key`."""
+        job = _Job(Future(), deadline or self.deadline(), merge_key=key, merge_item=item, merge_fn=merge_fn)
+        return await self._await(job)
+
+    async def network_gradients(self, problem: NetworkProblem, deadline: float | None = None) -> NetworkResult:
+        """One network request; merged with queued requests of the same structure."""
+        result: NetworkResult = await self.run_merged(("networks", problem.spec), problem, self.networks.run, deadline)
+        return result
+
+    # ------------------------------------------------------------------------------ the thread
+    def _next(self, block: bool) -> _Job | None:
+        if self._carry:
+            return self._carry.pop(0)
+        return self._queue.get() if block else self._queue.get_nowait()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._next(block=True)
+            if job is None:
+                return
+            if job.merge_key is None:
+                self._run_single(job)
+            else:
+                self._run_merged(self._gather(job))
+
+    def _live(self, job: _Job) -> bool:
+        if job.abandoned or job.future.cancelled():
+            return False
+        if time.monotonic() > job.deadline:
+            self.stats.dropped_expired += 1
+            job.future.set_exception(DeadlineExceeded("The request's deadline passed while it waited in the queue."))
+            return False
+        return job.future.set_running_or_notify_cancel()
+
+    def _gather(self, first: _Job) -> list[_Job]:
+        """`first` plus queued jobs with its merge key: those already waiting, then any arriving in the window."""
+        batch = [first]
+        window = self.settings.batch_window_ms / 1000.0
+        if window <= 0:
+            return batch
+        limit = self.settings.max_batch_requests
+        others: list[_Job | None] = []
+        until = time.monotonic() + window
+        while len(batch) < limit:
+            try:
+                job = self._next(block=False)
+            except queue.Empty:
+                # wait out the window only when merging is already paying off (a burst is under way)
+                if len(batch) == 1 or time.monotonic() >= until:
+                    break
+                try:
+                    job = self._queue.get(timeout=max(until - time.monotonic(), 0.0))
+                except queue.Empty:
+                    break
+            if job is None:
+                others.append(None)  # the stop marker: the loop sees it after this batch
+                break
+            (batch if job.merge_key == first.merge_key else others).append(job)
+        self._carry.extend(others)
+        return batch
+
+    def _finish(self, job: _Job, outcome: Any, error: BaseException | None) -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(outcome)
+
+    def _run_single(self, job: _Job) -> None:
+        if not self._live(job):
+            return
+        self.stats.jobs += 1
+        try:
+            outcome = job.call() if job.call is not None else None
+        except BaseException as error:
+            self._finish(job, None, _translate(error))
+            return
+        self._finish(job, outcome, None)
+
+    def _run_merged(self, jobs: list[_Job]) -> None:
+        live = [job for job in jobs if self._live(job)]
+        if not live:
+            return
+        self.stats.jobs += len(live)
+        self.stats.merged_calls += 1
+        self.stats.merged_jobs += len(live)
+        self.stats.batch_sizes[len(live)] = self.stats.batch_sizes.get(len(live), 0) + 1
+        merge_fn = live[0].merge_fn
+        try:
+            if merge_fn is None:
+                raise TypeError("a merged job needs a merge function")
+            outcomes = merge_fn([job.merge_item for job in live])
+        except BaseException as error:
+            translated = _translate(error)
+            for job in live:
+                self._finish(job, None, translated)
+            return
+        for job, outcome in zip(live, outcomes, strict=True):
+            self._finish(job, outcome, None)
+
+
+def _translate(error: BaseException) -> BaseException:
+    """TensorFlow's resource errors become the client's 422; our own errors pass as they are."""
+    if isinstance(error, ServiceError | ComputeError):
+        return error
+    name = type(error).__name__
+    if name == "ResourceExhaustedError" or isinstance(error, MemoryError):
+        return LimitExceeded("The computation ran out of memory on the device; send a smaller request.")
+    return error
