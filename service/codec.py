@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -29,6 +30,9 @@ DTYPES: dict[str, np.dtype[Any]] = {
 FLOAT_DTYPES = ("float32", "float64")
 Encoding = Literal["nested", "b64"]
 _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
+body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
+"""False once the raw request body is known to hold no `true`/`false` literal, so no tensor can hold a
+boolean and the element-by-element boolean scan (numpy silently reads True as 1.0) can be skipped."""
 _NON_FINITE_WORDS = {"nan", "infinity", "-infinity", "inf", "-inf", "+inf", "+infinity"}
 
 
@@ -109,7 +113,8 @@ def _from_nested(value: list[Any], loc: Loc, max_elements: int) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
         array = None
-    if array is None or array.dtype.kind not in "iuf" or array.shape != tuple(shape) or _has_bool(value, len(shape)):
+    suspect = array is None or array.dtype.kind not in "iuf" or array.shape != tuple(shape)
+    if suspect or (body_may_hold_booleans.get() and _has_bool(value, len(shape))):
         defect = _find_defect(value, shape, list(loc))
         raise defect if defect is not None else _reject(loc, "not a rectangular array of numbers")
     if array.dtype.kind == "u":
@@ -249,5 +254,9 @@ def render(document: Any) -> bytes:
 
 
 def parse(body: bytes) -> Any:
-    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are rejected."""
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are rejected.
+
+    Also notes, for this request's context, whether the body could hold a boolean at all.
+    """
+    body_may_hold_booleans.set(b"true" in body or b"false" in body)
     return orjson.loads(body)

@@ -171,3 +171,16 @@ def test_encode_scalar_is_a_bare_number() -> None:
 def test_float32_values_render_in_shortest_form() -> None:
     rendered = codec.render(codec.encode(np.array([0.31, 0.69], dtype=np.float32)))
     assert b"[0.31,0.69]" in rendered
+
+
+def test_boolean_scan_is_skipped_only_for_bodies_without_boolean_literals() -> None:
+    # a body with a `true` literal keeps the scan on, so a boolean among numbers is still located
+    parsed = codec.parse(b'{"x": [1.0, true], "flag": true}')
+    error = rejection(parsed["x"], "float32")
+    assert error.errors is not None and error.errors[0]["loc"] == ["body", "x", 1]
+    try:
+        parsed = codec.parse(b'{"x": [1.0, 2.5]}')
+        assert codec.body_may_hold_booleans.get() is False
+        np.testing.assert_array_equal(decode(parsed["x"], "float32"), [1.0, 2.5])
+    finally:
+        codec.body_may_hold_booleans.set(True)  # parse() sets it for the whole context, as a request's task would

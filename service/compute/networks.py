@@ -56,6 +56,7 @@ class NetworkSpec:
     includes: frozenset[str]
     single: bool
     batch: int
+    """Samples per request rounded up to a power of two: batches of 5 to 8 share one compiled function."""
 
 
 # eq=False: numpy fields make value equality ambiguous; a problem is compared by identity.
@@ -68,6 +69,16 @@ class NetworkProblem:
     targets: Array
     weights: tuple[Array, ...]
     alphas: tuple[float, ...]
+
+    @property
+    def samples(self) -> int:
+        """The request's real number of samples (spec.batch may be larger: padded rows are masked out)."""
+        return int(self.features.shape[0])
+
+
+def batch_bucket(samples: int) -> int:
+    """The padded batch size a request of `samples` samples runs with: the next power of two."""
+    return 1 << (samples - 1).bit_length()
 
 
 @dataclass
@@ -334,7 +345,7 @@ def prepare_network(
         dtype=dtype,
         includes=include_set,
         single=single,
-        batch=samples,
+        batch=batch_bucket(samples),
     )
     return NetworkProblem(
         spec=spec,
@@ -391,6 +402,7 @@ def _input_entries(spec: NetworkSpec) -> list[tuple[str, tuple[int, ...]]]:
         ("targets", (spec.batch, spec.layer_shapes[-1][0])),
         *((f"W{i + 1}", shape) for i, shape in enumerate(spec.layer_shapes)),
         ("alphas", (len(spec.layer_shapes),)),
+        ("mask", (spec.batch,)),
     ]
 
 
@@ -449,11 +461,14 @@ def _per_sample_loss(loss: Loss, predictions: Any, targets: Any) -> Any:
     return tf.reduce_mean(tf.math.squared_difference(predictions, targets), axis=-1)
 
 
-def _reduce(reduction: Reduction, per_sample: Any) -> Any:
+def _reduce(reduction: Reduction, per_sample: Any, mask: Any) -> Any:
+    """(R, B) -> (R,) or (R, B); padded samples (mask 0) count for nothing, not even in the mean."""
+    # where, not a product: a padded copy of a sample with an infinite loss must not turn the sum into NaN
+    per_sample = tf.where(mask > 0, per_sample, tf.zeros_like(per_sample))
     if reduction == "sum":
         return tf.reduce_sum(per_sample, axis=1)
     if reduction == "mean":
-        return tf.reduce_mean(per_sample, axis=1)
+        return tf.reduce_sum(per_sample, axis=1) / tf.reduce_sum(mask, axis=1)
     return per_sample
 
 
@@ -461,7 +476,7 @@ def _network_outputs(spec: NetworkSpec, unpacked: dict[str, Any]) -> dict[str, A
     """Every requested output of the network, each with a leading request axis R."""
     batch = spec.batch
     includes = spec.includes
-    features, targets, alphas = unpacked["features"], unpacked["targets"], unpacked["alphas"]
+    features, targets, alphas, mask = (unpacked[name] for name in ("features", "targets", "alphas", "mask"))
     weights = [unpacked[f"W{i + 1}"] for i in range(len(spec.layer_shapes))]
     layer_inputs, zs, z_rows_list, a_rows_list, z_flat_list, activations = [], [], [], [], [], []
     with tf.GradientTape(persistent=True) as tape:
@@ -489,7 +504,7 @@ def _network_outputs(spec: NetworkSpec, unpacked: dict[str, Any]) -> dict[str, A
             activations.append(a)
             x = a
         predictions = x
-        per_request_loss = _reduce(spec.reduction, _per_sample_loss(spec.loss, predictions, targets))
+        per_request_loss = _reduce(spec.reduction, _per_sample_loss(spec.loss, predictions, targets), mask)
 
     zero = tf.UnconnectedGradients.ZERO
     sources = [*weights, features] if "input_gradients" in includes else weights
@@ -507,7 +522,11 @@ def _network_outputs(spec: NetworkSpec, unpacked: dict[str, Any]) -> dict[str, A
         out["grad loss/predictions"] = tape.gradient(per_request_loss, predictions, unconnected_gradients=zero)
         for i, w in enumerate(weights):
             out[f"grad a{i + 1}/z{i + 1}"] = tape.gradient(a_rows_list[i], z_rows_list[i], unconnected_gradients=zero)
-            out[f"grad z{i + 1}/W{i + 1}"] = tape.gradient(zs[i], w, unconnected_gradients=zero)
+            # the gradient of the sum of z over the request's real samples: padded rows weigh 0
+            real_rows = tf.broadcast_to(mask[..., None], tf.shape(zs[i]))
+            out[f"grad z{i + 1}/W{i + 1}"] = tape.gradient(
+                zs[i], w, output_gradients=real_rows, unconnected_gradients=zero
+            )
     if "jacobians" in includes:
         for i, w in enumerate(weights):
             out[f"jacobian a{i + 1}/z{i + 1}"] = tape.batch_jacobian(
@@ -556,11 +575,20 @@ class _CompiledNetwork:
         rows = 1 << (requests - 1).bit_length() if self.jit_compile else requests
         packed = np.empty((rows, self.input_size), dtype=spec.dtype)
         packed[requests:] = 0
-        features, targets, *weights, alphas = self.inputs
+        features, targets, *weights, alphas, mask = self.inputs
+        batch = spec.batch
         for r, problem in enumerate(problems):
             row = packed[r]
-            row[features.offset : features.offset + features.size] = problem.features.reshape(-1)
-            row[targets.offset : targets.offset + targets.size] = problem.targets.reshape(-1)
+            samples = problem.samples
+            # padded samples repeat the last real one (finite wherever the real ones are) and are masked out
+            padded_features = row[features.offset : features.offset + features.size].reshape(batch, -1)
+            padded_features[:samples] = problem.features
+            padded_features[samples:] = problem.features[-1]
+            padded_targets = row[targets.offset : targets.offset + targets.size].reshape(batch, -1)
+            padded_targets[:samples] = problem.targets
+            padded_targets[samples:] = problem.targets[-1]
+            row[mask.offset : mask.offset + samples] = 1
+            row[mask.offset + samples : mask.offset + batch] = 0
             for slot, w in zip(weights, problem.weights, strict=True):
                 row[slot.offset : slot.offset + slot.size] = w.reshape(-1)
             row[alphas.offset : alphas.offset + alphas.size] = problem.alphas
@@ -571,16 +599,16 @@ class _CompiledNetwork:
         }
 
 
-def _split(spec: NetworkSpec, out: dict[str, Array], r: int) -> NetworkResult:
-    """Request r's answer from the merged outputs; drops the batch axis for a single sample."""
+def _split(spec: NetworkSpec, out: dict[str, Array], r: int, samples: int) -> NetworkResult:
+    """Request r's answer from the merged outputs: padded samples cut off, the batch axis dropped for one sample."""
 
     def sample(name: str) -> Array:
-        values: Array = out[name][r, 0] if spec.single else out[name][r]
+        values: Array = out[name][r, 0] if spec.single else out[name][r, :samples]
         return values
 
     layers = range(1, len(spec.layer_shapes) + 1)
     result = NetworkResult(
-        loss=out["loss"][r, 0, ...] if spec.single and spec.reduction == "none" else out["loss"][r, ...],
+        loss=sample("loss") if spec.reduction == "none" else out["loss"][r, ...],
         predictions=sample("predictions"),
         weight_gradients=[out[f"dL/dW{i}"][r] for i in layers],
     )
@@ -649,7 +677,7 @@ class NetworkEngine:
         if any(problem.spec != spec for problem in problems[1:]):
             raise ValueError("problems merged into one run must share one NetworkSpec")
         outputs = self._compiled(spec)(problems)
-        return [_split(spec, outputs, r) for r in range(len(problems))]
+        return [_split(spec, outputs, r, problem.samples) for r, problem in enumerate(problems)]
 
     def stats(self) -> dict[str, int]:
         """Cache hits and misses, functions traced, and functions held."""

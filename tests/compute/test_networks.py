@@ -638,3 +638,44 @@ def test_integer_features_are_cast_to_the_compute_dtype() -> None:
     assert problem.targets.tolist() == [[0.0, 1.0]]
     assert problem.spec.single
     assert problem.spec.batch == 1
+
+
+def test_batches_of_one_power_of_two_bucket_share_a_trace_and_merge() -> None:
+    engine = NetworkEngine()
+    rng = np.random.default_rng(11)
+    weights = [0.5 * rng.normal(size=(3, 4))]
+    problems = []
+    for samples in (5, 6, 7, 8):
+        features = rng.normal(size=(samples, 3))
+        labels = rng.integers(0, 3, size=samples)
+        problems.append(
+            prepare_network(
+                features,
+                labels=labels.tolist(),
+                weights=weights,
+                activations=["softmax"],
+                reduction="mean",
+                dtype="float64",
+                includes=ALL,
+            )
+        )
+    assert {problem.spec for problem in problems} == {problems[0].spec}
+    assert problems[0].spec.batch == 8
+    results = engine.run(problems)
+    assert engine.stats()["traces"] == 1
+    for problem, result in zip(problems, results, strict=True):
+        expected = reference(
+            problem.features, problem.targets, list(problem.weights), ["softmax"], reduction="mean", dtype="float64"
+        )
+        assert_matches(result, expected, rtol=1e-10, atol=1e-12)
+        assert result.predictions.shape == (problem.samples, 3)
+
+
+def test_padding_does_not_turn_an_infinite_loss_into_nan(engine: NetworkEngine) -> None:
+    # the last sample's labelled class gets probability exactly 0, and it is the row the padding repeats
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [50.0, 50.0]])
+    weights = [np.array([[40.0, 40.0, 0.0], [-40.0, -40.0, 0.0]])]
+    problem = prepare_network(features, labels=[0, 0, 1], weights=weights, activations=["softmax"], dtype="float32")
+    assert problem.spec.batch == 4
+    result = engine.run([problem])[0]
+    assert result.loss == np.inf
