@@ -114,7 +114,7 @@ def _from_nested(value: list[Any], loc: Loc, max_elements: int) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         array = None
     suspect = array is None or array.dtype.kind not in "iuf" or array.shape != tuple(shape)
-    if suspect or (body_may_hold_booleans.get() and _has_bool(value, len(shape))):
+    if array is None or suspect or (body_may_hold_booleans.get() and _has_bool(value, len(shape))):
         defect = _find_defect(value, shape, list(loc))
         raise defect if defect is not None else _reject(loc, "not a rectangular array of numbers")
     if array.dtype.kind == "u":
