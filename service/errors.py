@@ -147,7 +147,8 @@ def from_compute_error(error: compute_errors.ComputeError) -> ServiceError:
         return TapeSemantics(detail, errors=errors, extra={"compute_index": error.compute_index})
     if isinstance(error, compute_errors.ProgramError):
         extra = {"line": error.line, "column": error.column} if error.line is not None else {}
-        return ProgramRejected(error.message, errors=errors, extra=extra)
+        kind = LimitExceeded if isinstance(error, compute_errors.LimitExceeded) else ProgramRejected
+        return kind(error.message, errors=errors, extra=extra)
     if isinstance(error, compute_errors.LimitExceeded):
         return LimitExceeded(detail, errors=errors)
     return ValidationFailed(detail, errors=errors)
