@@ -25,11 +25,11 @@ run: $(STAMP)
 	$(BIN)/tapeserve serve --host $(TAPESERVE_HOST) --port $(TAPESERVE_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service schemas tests bench
-	$(BIN)/ruff format --check service schemas tests bench
+	$(BIN)/ruff check service schemas tests bench deploy
+	$(BIN)/ruff format --check service schemas tests bench deploy
 
 typecheck: $(STAMP)
-	$(BIN)/mypy service schemas tests bench
+	$(BIN)/mypy service schemas tests bench deploy
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
