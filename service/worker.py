@@ -109,8 +109,12 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.networks = NetworkEngine(cache_size=settings.function_cache_size)
-        self._warmups: list[Callable[[], None]] = [self.networks.warmup] if settings.warmup else []
+        self.networks = NetworkEngine(cache_size=settings.function_cache_size, jit_compile=settings.xla)
+        # every power of two up to the merge limit, so a burst of merged requests never waits for XLA
+        merged = [1 << k for k in range(1, settings.max_batch_requests.bit_length())]
+        self._warmups: list[Callable[[], None]] = (
+            [lambda: self.networks.warmup(merged_sizes=merged)] if settings.warmup else []
+        )
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.queue_limit)
         self._thread: threading.Thread | None = None
         self._started = threading.Event()

@@ -547,6 +547,8 @@ class _CompiledNetwork:
     def __init__(self, spec: NetworkSpec, on_trace: Callable[[], None], jit_compile: bool) -> None:
         self.spec = spec
         self.jit_compile = jit_compile
+        self.compiled_rows: set[int] = set()
+        """Request counts XLA has compiled this function for."""
         self.inputs, self.input_size = _packing(_input_entries(spec))
         self.outputs, self.output_size = _packing(_output_entries(spec))
         dtype = tf.as_dtype(spec.dtype)
@@ -568,11 +570,20 @@ class _CompiledNetwork:
         )
         self.concrete = compiled.get_concrete_function()
 
+    def _rows(self, requests: int) -> int:
+        """How many request rows to run: XLA compiles once per shape, so pad R (zero rows, answers dropped)
+        to the smallest size already compiled, else to the next power of two."""
+        if not self.jit_compile:
+            return requests
+        compiled = [rows for rows in self.compiled_rows if rows >= requests]
+        rows = min(compiled) if compiled else 1 << (requests - 1).bit_length()
+        self.compiled_rows.add(rows)
+        return rows
+
     def __call__(self, problems: Sequence[NetworkProblem]) -> dict[str, Array]:
         spec = self.spec
         requests = len(problems)
-        # XLA compiles once per shape: pad R to a power of two (zero rows, whose answers are dropped)
-        rows = 1 << (requests - 1).bit_length() if self.jit_compile else requests
+        rows = self._rows(requests)
         packed = np.empty((rows, self.input_size), dtype=spec.dtype)
         packed[requests:] = 0
         features, targets, *weights, alphas, mask = self.inputs
@@ -689,7 +700,11 @@ class NetworkEngine:
                 "size": len(self._functions),
             }
 
-    def warmup(self) -> None:
-        """Trace and run the seed's case, with every include and with none, so first requests are fast."""
+    def warmup(self, merged_sizes: Sequence[int] = ()) -> None:
+        """Trace and run the seed's case, with every include and with none, so first requests are fast;
+        with XLA, also compile the seed without includes for each merged request count in `merged_sizes`."""
         self.run([seed_problem(includes=INCLUDES)])
         self.run([seed_problem(includes=())])
+        if self._jit_compile:
+            for size in merged_sizes:
+                self.run([seed_problem(includes=()) for _ in range(size)])
