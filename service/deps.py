@@ -1,4 +1,8 @@
-"""Dependencies, declared once as `Annotated` aliases and used by every route."""
+"""Dependencies, declared once as `Annotated` aliases and used by every route.
+
+They are `async def` although they do not await: FastAPI runs a plain `def` dependency in its thread
+pool, which costs a thread hand-off per request.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from service.settings import Settings
 from service.worker import Worker
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_worker(request: Request) -> Worker:
+async def get_worker(request: Request) -> Worker:
     worker: Worker = request.app.state.worker
     return worker
 
