@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware
-from service.routes import networks, system, tape
+from service.routes import activations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await worker.stop()
+            renderer = getattr(app.state, "plot_renderer", None)
+            if renderer is not None:
+                renderer.close()
 
     app = FastAPI(
         title="tapeserve",
@@ -44,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (system, networks, tape):
+    for module in (system, networks, tape, activations, gradient_check):
         app.include_router(module.router)
     return app
 
