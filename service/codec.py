@@ -28,6 +28,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "int64": np.dtype("int64"),
 }
 FLOAT_DTYPES = ("float32", "float64")
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}  # dtype.name is slow to compute per call
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 Encoding = Literal["nested", "b64"]
 _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
 body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
@@ -191,7 +193,7 @@ def _cast(array: np.ndarray, dtype: np.dtype[Any], loc: Loc) -> np.ndarray:
         info = np.iinfo(dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise _reject(loc, f"values out of the {dtype.name} range")
-    elif dtype == np.float32 and array.size and np.abs(array).max() > np.finfo(np.float32).max:
+    elif dtype == np.float32 and array.size and np.abs(array).max() > _FLOAT32_MAX:
         raise _reject(loc, "values overflow float32; send dtype float64")
     return array.astype(dtype)
 
@@ -239,7 +241,7 @@ def _nested_values(array: np.ndarray) -> Any:
 def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested") -> dict[str, Any]:
     """A numpy array as a response tensor."""
     array = np.asarray(array)
-    head: dict[str, Any] = {"shape": list(array.shape), "dtype": array.dtype.name}
+    head: dict[str, Any] = {"shape": list(array.shape), "dtype": _DTYPE_NAMES.get(array.dtype) or array.dtype.name}
     if encoding == "b64":
         little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         head["b64"] = base64.b64encode(little_endian.tobytes()).decode()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import typing
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import codec
@@ -40,31 +43,65 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-class StrictJSONRoute(APIRoute):
-    """Parses bodies with strict JSON (no NaN/Infinity/overflowing numbers) before FastAPI validates them.
+async def read_strict_json(request: Request) -> Any:
+    """The request's body as strict JSON (no NaN/Infinity/overflowing numbers), cached on the request.
 
-    Also answers 415 for a body that is not declared as JSON, and 400 for one that is not JSON.
+    415 for a body not declared as JSON, 400 for one that is not JSON, 422 for none at all.
     """
+    body = await request.body()
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.headers.get('content-type')!r}."
+        )
+    if not body.strip():
+        raise ValidationFailed.at(("body",), "a JSON body is required")
+    try:
+        request._json = codec.parse(body)  # Starlette caches the parsed body here, where FastAPI looks
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"Body is not valid strict JSON: {error}") from None
+    return request._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Parses bodies with strict JSON before FastAPI validates them (see `read_strict_json`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def strict_handler(request: Request) -> Response:
             if request.method in _BODY_METHODS:
-                body = await request.body()
-                if not _is_json(request.headers.get("content-type", "")):
-                    raise UnsupportedMediaType(
-                        f"Content-Type must be application/json, got {request.headers.get('content-type')!r}."
-                    )
-                if not body.strip():
-                    raise ValidationFailed.at(("body",), "a JSON body is required")
-                try:
-                    request._json = codec.parse(body)  # Starlette caches the parsed body here
-                except orjson.JSONDecodeError as error:
-                    raise BadRequest(f"Body is not valid strict JSON: {error}") from None
+                await read_strict_json(request)
             return await handler(request)
 
         return strict_handler
+
+
+class DirectBodyRoute(APIRoute):
+    """For the hottest route: validate the body model and call the endpoint directly.
+
+    FastAPI's per-request dependency resolution costs tens of microseconds, a large share of a request
+    that computes in ~0.2 ms. The endpoint must be `async def endpoint(body: Model, request: Request)`;
+    FastAPI still documents it from that signature. Validation errors carry the same `("body", ...)`
+    locations FastAPI's would and go through the same handler.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        hints = typing.get_type_hints(self.endpoint)
+        model: type[BaseModel] = hints["body"]
+        endpoint = self.endpoint
+
+        async def direct_handler(request: Request) -> Response:
+            document = await read_strict_json(request)
+            try:
+                body = model.model_validate(document)
+            except ValidationError as error:
+                raise RequestValidationError(
+                    [{**detail, "loc": ("body", *detail["loc"])} for detail in error.errors(include_url=False)]
+                ) from None
+            response: Response = await endpoint(body, request)
+            return response
+
+        return direct_handler
 
 
 class RequestContextMiddleware:
@@ -90,7 +127,10 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                headers = message.get("headers", [])
+                # problem responses already carry it (a 500 is sent from outside this middleware)
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    message["headers"] = [*headers, (b"x-request-id", raw_id)]
             await send(message)
 
         limit = self.max_body_bytes

@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,7 +35,8 @@ class DeviceUnavailable(RuntimeError):
 
 @dataclass(eq=False)
 class _Job:
-    future: Future[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
     deadline: float
     call: Callable[[], Any] | None = None
     merge_key: Hashable | None = None
@@ -180,7 +180,11 @@ class Worker:
             self._loop()
 
     # ------------------------------------------------------------------------------ submitting
-    def _submit(self, job: _Job) -> Future[Any]:
+    def _job(self, deadline: float | None) -> _Job:
+        loop = asyncio.get_running_loop()
+        return _Job(loop, loop.create_future(), deadline or self.deadline())
+
+    async def _await(self, job: _Job) -> Any:
         # jobs submitted during warm-up wait in the queue; /readyz is what keeps balancers away until then
         try:
             self._queue.put_nowait(job)
@@ -189,18 +193,23 @@ class Worker:
                 f"{self.settings.queue_limit} jobs are already waiting (TAPESERVE_QUEUE_LIMIT); retry shortly.",
                 headers={"Retry-After": "1"},
             ) from None
-        return job.future
-
-    async def _await(self, job: _Job) -> Any:
-        future = asyncio.wrap_future(self._submit(job))
-        remaining = job.deadline - time.monotonic()
+        # a timer on the loop, cheaper than asyncio.wait_for's extra future and task per request
+        expiry = job.loop.call_at(job.loop.time() + max(job.deadline - time.monotonic(), 0.0), self._expire, job)
         try:
-            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
-        except TimeoutError:
+            return await job.future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, job: _Job) -> None:
+        """At the deadline, on the loop: answer 504 now; the computation may finish, its result is dropped."""
+        if not job.future.done():
             job.abandoned = True
-            raise DeadlineExceeded(
-                f"The request took longer than its deadline of {self.settings.timeout_s:g} s (TAPESERVE_TIMEOUT_S)."
-            ) from None
+            job.future.set_exception(
+                DeadlineExceeded(
+                    f"The request took longer than its deadline of {self.settings.timeout_s:g} s "
+                    "(TAPESERVE_TIMEOUT_S)."
+                )
+            )
 
     def deadline(self) -> float:
         """The monotonic deadline of a request starting now."""
@@ -208,13 +217,15 @@ class Worker:
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` in the worker thread on the pinned device."""
-        job = _Job(Future(), deadline or self.deadline(), call=lambda: fn(*args, **kwargs))
+        job = self._job(deadline)
+        job.call = lambda: fn(*args, **kwargs)
         result: T = await self._await(job)
         return result
 
     async def run_merged(self, key: Hashable, item: Any, merge_fn: MergeFn, deadline: float | None = None) -> Any:
         """Run `merge_fn([item])[0]`, possibly merged with other queued items of the same `key`."""
-        job = _Job(Future(), deadline or self.deadline(), merge_key=key, merge_item=item, merge_fn=merge_fn)
+        job = self._job(deadline)
+        job.merge_key, job.merge_item, job.merge_fn = key, item, merge_fn
         return await self._await(job)
 
     async def network_gradients(self, problem: NetworkProblem, deadline: float | None = None) -> NetworkResult:
@@ -239,13 +250,15 @@ class Worker:
                 self._run_merged(self._gather(job))
 
     def _live(self, job: _Job) -> bool:
-        if job.abandoned or job.future.cancelled():
+        """Whether to run a job: not if its request gave up or its deadline passed while it waited."""
+        if job.abandoned:
             return False
         if time.monotonic() > job.deadline:
             self.stats.dropped_expired += 1
-            job.future.set_exception(DeadlineExceeded("The request's deadline passed while it waited in the queue."))
+            error = DeadlineExceeded("The request's deadline passed while it waited in the queue.")
+            self._finish(job, None, error)
             return False
-        return job.future.set_running_or_notify_cancel()
+        return True
 
     def _gather(self, first: _Job) -> list[_Job]:
         """`first` plus queued jobs with its merge key: those already waiting, then any arriving in the window."""
@@ -275,12 +288,11 @@ class Worker:
         return batch
 
     def _finish(self, job: _Job, outcome: Any, error: BaseException | None) -> None:
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(outcome)
+        """Hand the outcome to the job's event loop (futures are not thread-safe)."""
+        try:
+            job.loop.call_soon_threadsafe(_resolve, job.future, outcome, error)
+        except RuntimeError:
+            logger.info("the event loop of a finished job is closed; its result is dropped")
 
     def _run_single(self, job: _Job) -> None:
         if not self._live(job):
@@ -313,6 +325,15 @@ class Worker:
             return
         for job, outcome in zip(live, outcomes, strict=True):
             self._finish(job, outcome, None)
+
+
+def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    if future.done():  # the deadline answered first, or the request was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outcome)
 
 
 def _translate(error: BaseException) -> BaseException:

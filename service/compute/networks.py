@@ -120,6 +120,8 @@ def _as_float(array: Array, dtype: FloatDType, loc: Loc, what: str) -> Array:
         if not finite.all():
             index = tuple(int(i) for i in np.argwhere(~finite)[0])
             raise InvalidInput(f"{what} must be finite, got {array[index]}", (*loc, *index))
+    if array.dtype == dtype and array.flags.c_contiguous:
+        return array
     # overflow is reported below, with the offending value, instead of as a numpy warning
     with np.errstate(over="ignore"):
         cast = np.ascontiguousarray(array, dtype=dtype)
@@ -202,6 +204,11 @@ def _check_alphas(activations: Sequence[str], alphas: Sequence[float | None] | N
 def _check_labels(labels: Any, samples: int, units: int, dtype: FloatDType) -> Array:
     """Class indices -> target rows: one-hot of depth `units`, or the 0/1 value itself for one unit."""
     loc: Loc = ("body", "labels")
+    upper = 2 if units == 1 else units
+    if type(labels) is int and samples == 1 and 0 <= labels < upper:  # one sample, one valid index: no numpy checks
+        row = np.zeros((1, units), dtype=dtype)
+        row[0, 0 if units == 1 else labels] = labels if units == 1 else 1
+        return row
     hint = "labels holds one class index per sample; to send a one-hot or probability row use targets"
     if isinstance(labels, bool):
         raise InvalidInput(f"labels are class indices (whole numbers), got a boolean; {hint}", loc)
@@ -227,7 +234,6 @@ def _check_labels(labels: Any, samples: int, units: int, dtype: FloatDType) -> A
             raise InvalidInput(
                 f"labels are class indices (whole numbers), got {values[j]}", (*loc, j) if listed else loc
             )
-    upper = 2 if units == 1 else units
     valid = (values >= 0) & (values < upper)
     if not valid.all():
         j = int(np.argmin(valid))

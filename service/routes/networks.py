@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from schemas.networks import NetworkRequest, NetworkResponse
 from schemas.problems import PROBLEM_RESPONSES
 from service import codec
 from service.compute.networks import NetworkProblem, NetworkResult, prepare_network
-from service.deps import SettingsDep, WorkerDep
-from service.http import JSONBytesResponse, StrictJSONRoute, json_response
+from service.http import DirectBodyRoute, JSONBytesResponse, json_response
+from service.worker import Worker
 
-router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=DirectBodyRoute)
 
 
 def decode_network(body: NetworkRequest, max_elements: int) -> NetworkProblem:
@@ -81,7 +81,9 @@ def encode_network(result: NetworkResult, device: str, dtype: str, encoding: cod
     description="The seed's 1-layer softmax network on a patient sample, generalised to any stack of dense layers "
     "and to batches. Layer numbers are 1-based.",
 )
-async def network_gradients(body: NetworkRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
-    problem = decode_network(body, settings.max_elements)
+async def network_gradients(body: NetworkRequest, request: Request) -> JSONBytesResponse:
+    # the app's state rather than dependencies: each dependency costs microseconds on the hottest route
+    worker: Worker = request.app.state.worker
+    problem = decode_network(body, request.app.state.settings.max_elements)
     result = await worker.network_gradients(problem)
     return json_response(encode_network(result, worker.pinned_device, body.dtype, body.response_encoding))
