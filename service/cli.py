@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
 from service.app import create_app
+from service.observability import configure_logging
 from service.settings import Settings
 
 
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler instead of configuring their own
         access_log=False,
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     cpu_logical_devices: int = Field(default=1, ge=1, le=16)
     """Split the physical CPU into this many logical devices (lets GPU-style pinning run on a CPU host)."""
 
-    api_keys: str = ""
-    """Comma-separated API keys; empty leaves the API open."""
+    api_keys: SecretStr = SecretStr("")
+    """Comma-separated API keys; empty leaves the API open. Secret: never shown in reprs or logs."""
 
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted (413 beyond)."""
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     """Log level of the service's own logs."""
+
+    access_log: bool = True
+    """One JSON log line per request at info level."""
 
     batch_window_ms: float = Field(default=1.0, ge=0)
     """How long the worker waits to merge concurrent compatible requests; 0 disables micro-batching."""
@@ -72,4 +75,4 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> tuple[str, ...]:
         """The configured API keys, blanks dropped."""
-        return tuple(key.strip() for key in self.api_keys.split(",") if key.strip())
+        return tuple(key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip())

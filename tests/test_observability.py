@@ -1,0 +1,295 @@
+"""/metrics (Prometheus text), JSON logs with request ids, access log lines, and request ids in 500 bodies."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.networks import SEED_REQUEST
+from service.app import create_app
+from service.observability import UNMATCHED_ROUTE, JsonFormatter, configure_logging
+from service.settings import Settings
+from tests.blocking import BlockedWorker, wait_until
+from tests.conftest import make_client
+from tests.test_server import free_port
+
+GRADIENTS = "/v1/networks/gradients"
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics keyed by (name, sorted labels), parsed with prometheus-client's own parser."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def requests_total(samples: dict[Any, float], method: str, route: str, status: int) -> float:
+    key = ("tapeserve_http_requests_total", (("method", method), ("route", route), ("status", str(status))))
+    return samples.get(key, 0.0)
+
+
+def two_layer_request() -> dict[str, Any]:
+    """A structure the warm-up did not compile: its first request is a cache miss, the next a hit."""
+    return {
+        "features": [[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]],
+        "labels": [0, 1],
+        "layers": [
+            {"weights": [[0.1, 0.2, -0.1, 0.0], [0.3, -0.2, 0.1, 0.05]], "activation": "relu"},
+            {"weights": [[0.2, -0.3, 0.1], [-0.1, 0.4, 0.0]], "activation": "softmax"},
+        ],
+    }
+
+
+def test_requests_are_counted_by_route_template_and_status() -> None:
+    with make_client() as client:
+        for _ in range(3):
+            assert client.post(GRADIENTS, json=SEED_REQUEST).status_code == 200
+        assert client.post(GRADIENTS, json={"features": [1.0]}).status_code == 422
+        assert client.get("/no/such/path/12345").status_code == 404
+        assert client.get(GRADIENTS).status_code == 405
+        samples = scrape(client)
+    assert requests_total(samples, "POST", GRADIENTS, 200) == 3
+    assert requests_total(samples, "POST", GRADIENTS, 422) == 1
+    assert requests_total(samples, "GET", GRADIENTS, 405) == 1
+    assert requests_total(samples, "GET", UNMATCHED_ROUTE, 404) == 1
+    assert not any("/no/such/path" in str(labels) for _, labels in samples)  # raw paths never become labels
+    assert samples[("tapeserve_http_request_duration_seconds_count", (("route", GRADIENTS),))] == 5  # 3 + 1 + 405
+    buckets = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "tapeserve_http_request_duration_seconds_bucket" and ("route", GRADIENTS) in labels
+    }
+    assert buckets[(("le", "+Inf"), ("route", GRADIENTS))] == 5
+    assert buckets[(("le", "60.0"), ("route", GRADIENTS))] == 5
+
+
+def test_unknown_methods_do_not_become_label_values(client: TestClient) -> None:
+    client.request("BREW", "/healthz")
+    samples = scrape(client)
+    assert not any(("method", "BREW") in labels for _, labels in samples)
+    assert any(("method", "OTHER") in labels for _, labels in samples)
+
+
+def test_queue_depth_and_in_flight_are_read_at_scrape_time() -> None:
+    with make_client(batch_window_ms=0) as client:
+        blocked = BlockedWorker(client)
+        blocked.occupy()
+        blocked.enqueue(depth=1)
+        blocked.enqueue(depth=2)
+        waiting = threading.Thread(target=client.post, args=(GRADIENTS,), kwargs={"json": SEED_REQUEST})
+        waiting.start()
+        wait_until(lambda: blocked.worker.queue_depth == 3)
+        samples = scrape(client)
+        blocked.release.set()
+        waiting.join(30)
+        after = scrape(client)
+    assert samples[("tapeserve_queue_depth", ())] == 3
+    assert samples[("tapeserve_http_requests_in_flight", ())] == 2  # the waiting request and the scrape itself
+    assert after[("tapeserve_queue_depth", ())] == 0
+    assert after[("tapeserve_http_requests_in_flight", ())] == 1
+
+
+def test_merged_batch_sizes_are_a_histogram() -> None:
+    concurrent = 6
+    with make_client(batch_window_ms=5) as client:
+        blocked = BlockedWorker(client)
+        blocked.occupy()
+        answers: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(client.post(GRADIENTS, json=SEED_REQUEST).status_code))
+            for _ in range(concurrent)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: blocked.worker.queue_depth == concurrent)
+        blocked.release.set()  # the six waiting requests share one structure: one merged call
+        for thread in threads:
+            thread.join(30)
+        samples = scrape(client)
+    assert answers == [200] * concurrent
+    assert samples[("tapeserve_batch_size_count", ())] == 1
+    assert samples[("tapeserve_batch_size_sum", ())] == concurrent
+    assert samples[("tapeserve_batch_size_bucket", (("le", "4"),))] == 0
+    assert samples[("tapeserve_batch_size_bucket", (("le", "8"),))] == 1
+
+
+def test_function_cache_hits_misses_and_traces() -> None:
+    engine = (("engine", "networks"),)
+    with make_client() as client:
+        client.post(GRADIENTS, json=SEED_REQUEST)
+        before = scrape(client)
+        assert client.post(GRADIENTS, json=two_layer_request()).status_code == 200
+        first = scrape(client)
+        assert client.post(GRADIENTS, json=two_layer_request()).status_code == 200
+        second = scrape(client)
+
+    def delta(late: dict[Any, float], early: dict[Any, float], name: str) -> float:
+        return late[(f"tapeserve_function_cache_{name}", engine)] - early[(f"tapeserve_function_cache_{name}", engine)]
+
+    assert before[("tapeserve_function_cache_traces_total", engine)] >= 1  # the warm-up traced the seed
+    assert delta(first, before, "misses_total") == 1 and delta(first, before, "traces_total") == 1
+    assert delta(second, first, "hits_total") == 1 and delta(second, first, "misses_total") == 0
+    assert delta(second, first, "traces_total") == 0
+    assert first[("tapeserve_function_cache_size", engine)] == before[("tapeserve_function_cache_size", engine)] + 1
+
+
+# ------------------------------------------------------------------------------------------------ logs
+def test_json_formatter_writes_one_object_per_line() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("tapeserve.access", logging.INFO, __file__, 1, "%s %s", ("GET", "/healthz"), None)
+    record.request_id = "req-1"
+    record.status = 200
+    record.duration_ms = 1.25
+    line = formatter.format(record)
+    assert "\n" not in line
+    document = orjson.loads(line)
+    assert document["level"] == "INFO" and document["logger"] == "tapeserve.access"
+    assert document["msg"] == "GET /healthz"
+    assert document["request_id"] == "req-1" and document["status"] == 200 and document["duration_ms"] == 1.25
+    assert document["ts"].endswith("+00:00") and "T" in document["ts"]
+
+
+def test_json_formatter_keeps_tracebacks_on_one_line() -> None:
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        record = logging.LogRecord("tapeserve", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    assert "ZeroDivisionError" in orjson.loads(line)["exc"]
+
+
+def test_configure_logging_routes_every_logger_to_json() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        configure_logging("info", stream)
+        logging.getLogger("uvicorn.error").info("started")
+        logging.getLogger("tapeserve.worker").debug("not at info level")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    lines = stream.getvalue().splitlines()
+    assert [orjson.loads(line)["msg"] for line in lines] == ["started"]
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "tapeserve.access"]
+
+
+def test_one_access_line_per_request_with_its_request_id(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tapeserve.access"):
+        given = client.post(GRADIENTS, json=SEED_REQUEST, headers={"X-Request-ID": "trace-42.a:b"})
+        generated = client.get("/healthz", headers={"X-Request-ID": "not a valid id!"})
+    records = access_records(caplog)
+    assert len(records) == 2
+    assert given.headers["x-request-id"] == "trace-42.a:b"
+    assert generated.headers["x-request-id"] != "not a valid id!" and len(generated.headers["x-request-id"]) == 32
+    for record, response in zip(records, (given, generated), strict=True):
+        fields = record.__dict__
+        assert fields["request_id"] == response.headers["x-request-id"]
+        assert fields["status"] == response.status_code
+        assert fields["method"] == response.request.method and fields["path"] == response.request.url.path
+        assert fields["duration_ms"] > 0
+
+
+def test_every_answer_carries_exactly_one_request_id() -> None:
+    with make_client(api_keys="the-key", warmup=False) as client:
+        answers = [
+            client.get("/healthz"),
+            client.get("/v1/info"),  # 401 from the key check
+            client.post(GRADIENTS, json={"features": 1}, headers={"Authorization": "Bearer the-key"}),  # 422
+            client.get("/nowhere"),  # 404
+        ]
+    assert [answer.status_code for answer in answers] == [200, 401, 422, 404]
+    for answer in answers:
+        assert len(answer.headers.get_list("x-request-id")) == 1, answer.headers
+
+
+def test_access_log_can_be_turned_off(caplog: pytest.LogCaptureFixture) -> None:
+    with make_client(access_log=False, warmup=False) as client, caplog.at_level(logging.INFO):
+        assert client.get("/healthz").status_code == 200
+    assert access_records(caplog) == []
+
+
+# ------------------------------------------------------------------------------------------------ 500s
+def failing_app_client() -> TestClient:
+    app = create_app(Settings(cpu_logical_devices=2, warmup=False))
+
+    async def broken() -> None:
+        raise RuntimeError("secret internal state")
+
+    app.add_api_route("/v1/broken", broken, methods=["GET"])
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_500_body_repeats_the_request_id_and_the_log_has_it(caplog: pytest.LogCaptureFixture) -> None:
+    with failing_app_client() as client, caplog.at_level(logging.INFO):
+        response = client.get("/v1/broken", headers={"X-Request-ID": "incident-7"})
+        generated = client.get("/v1/broken")
+        samples = scrape(client)
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["request_id"] == "incident-7" == response.headers["x-request-id"]
+    assert "secret internal state" not in response.text and "Traceback" not in response.text
+    assert generated.json()["request_id"] == generated.headers["x-request-id"]
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any(record.__dict__.get("request_id") == "incident-7" and record.exc_info for record in errors)
+    assert [record.__dict__["status"] for record in access_records(caplog)][:2] == [500, 500]
+    assert requests_total(samples, "GET", "/v1/broken", 500) == 2
+
+
+# ------------------------------------------------------------------------------------------------ the real command
+def test_served_process_logs_json_lines(tmp_path: Any) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "TAPESERVE_PORT": str(port),
+        "TAPESERVE_WARMUP": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=log)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the server never answered"
+                try:
+                    response = httpx.get(base + "/healthz", headers={"X-Request-ID": "from-the-test"}, timeout=1)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert response.status_code == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    # TensorFlow's C++ start-up lines bypass Python logging; every Python log line is one JSON object
+    documents = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(document["logger"].startswith("uvicorn") for document in documents)
+    assert not any("color_message" in document for document in documents)  # no terminal colour codes
+    access = [document for document in documents if document["logger"] == "tapeserve.access"]
+    assert access and access[-1]["request_id"] == "from-the-test"
+    assert access[-1]["path"] == "/healthz" and access[-1]["status"] == 200
+    assert {"ts", "level", "logger", "msg", "method", "duration_ms"} <= access[-1].keys()
