@@ -1,0 +1,1 @@
+"""The benchmark harness: tapeserve side by side with a no-TensorFlow FastAPI reference (`make bench`)."""

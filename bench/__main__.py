@@ -1,0 +1,374 @@
+"""`make bench`: tapeserve against the no-TensorFlow reference floor, side by side, in one run.
+
+Starts both servers, drives them with wrk in alternating A/B rounds (reference first, then tapeserve, then
+again), and prints a table of medians and ratios for the targets of the performance issue: latency of the
+seed's full report with one client, throughput with 64 connections, bulk samples/s, start-up, first-request
+latency, and resident memory over 100,000 mixed requests. The table is also written to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from schemas.networks import SEED_FEATURES, SEED_REQUEST, SEED_WEIGHTS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PLAIN_REQUEST = {k: v for k, v in SEED_REQUEST.items() if k != "include"}
+
+WRK_SCRIPT = """
+local paths = {}
+for path in string.gmatch(os.getenv("BENCH_BODIES"), "[^,]+") do table.insert(paths, path) end
+local bodies = {}
+for i, path in ipairs(paths) do
+  local handle = io.open(path, "rb"); bodies[i] = handle:read("*a"); handle:close()
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = bodies[(counter % #bodies) + 1]
+  return wrk.format("POST", "/v1/networks/gradients", {["Content-Type"] = "application/json"}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"p50_us":%.1f,"p99_us":%.1f,"mean_us":%.1f,"status_errors":%d,' ..
+    '"socket_errors":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.mean,
+    summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    base: str
+    ready_after_s: float
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+@dataclass
+class WrkRun:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    status_errors: int
+    socket_errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found; installing it from the Debian packages", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+@contextmanager
+def serve(name: str, command: Sequence[str], env: dict[str, str], log_dir: Path) -> Iterator[Server]:
+    port = free_port()
+    env = {**os.environ, **env, "TAPESERVE_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [part.replace("{port}", str(port)) for part in command]
+    with (log_dir / f"{name}.log").open("wb") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise SystemExit(f"{name} exited; see {log_dir / (name + '.log')}")
+                try:
+                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() - started > 120:
+                    raise SystemExit(f"{name} not ready after 120 s")
+                time.sleep(0.01)
+            yield Server(name, process, base, time.monotonic() - started)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def tapeserve_command() -> list[str]:
+    return [sys.executable, "-m", "service", "serve"]
+
+
+def reference_command() -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.reference_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def run_wrk(wrk: str, server: Server, bodies: Sequence[Path], connections: int, seconds: float) -> WrkRun:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    threads = min(2, connections)
+    result = subprocess.run(
+        [
+            wrk,
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script.name,
+            server.base,
+        ],
+        env={**os.environ, "BENCH_BODIES": ",".join(str(body) for body in bodies)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.unlink(script.name)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return WrkRun(
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        status_errors=summary["status_errors"],
+        socket_errors=summary["socket_errors"],
+    )
+
+
+def bulk_bodies(samples: int) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    features = (rng.normal(size=(samples, 3)) * [8.0, 15.0, 0.5] + SEED_FEATURES).astype(np.float32)
+    labels = rng.integers(0, 2, size=samples)
+    targets = np.eye(2, dtype=np.float32)[labels]
+    layers = [{"weights": SEED_WEIGHTS, "activation": "softmax"}]
+    nested = {"features": features.tolist(), "labels": labels.tolist(), "layers": layers}
+
+    def b64(array: np.ndarray) -> dict[str, Any]:
+        raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        return {"shape": list(array.shape), "dtype": "float32", "b64": base64.b64encode(raw).decode()}
+
+    packed = {"features": b64(features), "targets": b64(targets), "layers": layers, "response_encoding": "b64"}
+    return {"nested": json.dumps(nested).encode(), "b64": json.dumps(packed).encode()}
+
+
+def timed_posts(server: Server, body: bytes, count: int) -> list[float]:
+    seconds = []
+    with httpx.Client(base_url=server.base, timeout=60) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            response = client.post("/v1/networks/gradients", content=body, headers={"content-type": "application/json"})
+            response.read()
+            seconds.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise SystemExit(f"bulk request failed: {response.status_code} {response.text[:300]}")
+    return seconds
+
+
+def mixed_bodies(directory: Path) -> list[Path]:
+    rng = np.random.default_rng(1)
+    bodies: list[dict[str, Any]] = [SEED_REQUEST, PLAIN_REQUEST]
+    for batch in (1, 3, 5, 17, 64):
+        x = (rng.normal(size=(batch, 3)) * 10 + SEED_FEATURES).round(3).tolist()
+        bodies.append(
+            {
+                "features": x,
+                "labels": rng.integers(0, 2, size=batch).tolist(),
+                "reduction": "mean",
+                "layers": [
+                    {"weights": (rng.normal(size=(4, 4)) * 0.05).tolist(), "activation": "tanh"},
+                    {"weights": (rng.normal(size=(2, 5)) * 0.5).tolist(), "activation": "softmax"},
+                ],
+                "include": ["input_gradients"] if batch % 2 else [],
+            }
+        )
+    bodies.append({**PLAIN_REQUEST, "labels": [0, 1]})  # a 422, as real traffic has
+    paths = []
+    for index, body in enumerate(bodies):
+        path = directory / f"mixed-{index}.json"
+        path.write_text(json.dumps(body))
+        paths.append(path)
+    return paths
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds per scenario")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    wrk = ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="tapeserve-bench-"))
+    full_body, plain_body = work / "seed-full.json", work / "seed-plain.json"
+    full_body.write_text(json.dumps(SEED_REQUEST))
+    plain_body.write_text(json.dumps(PLAIN_REQUEST))
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    with serve("tapeserve", tapeserve_command(), {}, work) as tapeserve:
+        # the reference answers with exactly tapeserve's bytes for the same request
+        for path, name in ((full_body, "FULL"), (plain_body, "PLAIN")):
+            response = httpx.post(
+                tapeserve.base + "/v1/networks/gradients",
+                content=path.read_bytes(),
+                headers={"content-type": "application/json"},
+            )
+            (work / f"response-{name}.json").write_bytes(response.content)
+        ref_env = {
+            "BENCH_RESPONSE_FULL": str(work / "response-FULL.json"),
+            "BENCH_RESPONSE_PLAIN": str(work / "response-PLAIN.json"),
+        }
+        with serve("reference", reference_command(), ref_env, work) as reference:
+            latency: dict[str, list[float]] = {"reference": [], "tapeserve": []}
+            throughput: dict[str, list[float]] = {"reference": [], "tapeserve": []}
+            failures = 0
+            for _ in range(args.rounds):
+                for server in (reference, tapeserve):
+                    run = run_wrk(wrk, server, [full_body], 1, args.seconds)
+                    latency[server.name].append(run.p50_ms)
+                for server in (reference, tapeserve):
+                    run = run_wrk(wrk, server, [plain_body], 64, args.seconds)
+                    throughput[server.name].append(run.rps)
+                    if server is tapeserve:
+                        failures += run.status_errors + run.socket_errors
+            lat_ref, lat_svc = median(latency["reference"]), median(latency["tapeserve"])
+            rps_ref, rps_svc = median(throughput["reference"]), median(throughput["tapeserve"])
+            rows.append(
+                (
+                    "latency, seed + all includes, 1 client (p50 ms)",
+                    f"{lat_ref:.3f}",
+                    f"{lat_svc:.3f}",
+                    f"{lat_svc / lat_ref:.2f}x",
+                    "≤ 1.5x (stretch 1.25x)",
+                )
+            )
+            rows.append(
+                (
+                    "throughput, seed, 64 connections (req/s)",
+                    f"{rps_ref:,.0f}",
+                    f"{rps_svc:,.0f}",
+                    f"{rps_svc / rps_ref:.2f}x",
+                    f"≥ 0.7x (stretch 0.9x); non-2xx: {failures}",
+                )
+            )
+
+        for encoding, body in bulk_bodies(65_536).items():
+            seconds = median(timed_posts(tapeserve, body, 7)[2:])
+            rows.append(
+                (
+                    f"bulk 65,536 samples, {encoding} (samples/s)",
+                    "",
+                    f"{65_536 / seconds / 1e6:.2f} M",
+                    f"{seconds * 1000:.0f} ms/request",
+                    "≥ 2 M nested, ≥ 5 M b64",
+                )
+            )
+
+    # start-up and first-request latency in a fresh process
+    with serve("tapeserve-fresh", tapeserve_command(), {}, work) as fresh:
+        first_ten = timed_posts(fresh, full_body.read_bytes(), 10)
+        rows.append(("start-up: process start to /readyz 200 (s)", "", f"{fresh.ready_after_s:.2f}", "", "≤ 6 s"))
+        rows.append(
+            (
+                "first request after ready vs tenth (ms)",
+                "",
+                f"{first_ten[0] * 1000:.2f} vs {first_ten[9] * 1000:.2f}",
+                f"{first_ten[0] / first_ten[9]:.2f}x",
+                "first ≤ tenth",
+            )
+        )
+        mixed = mixed_bodies(work)
+        sent = 0
+        while sent < 1_000:
+            sent += run_wrk(wrk, fresh, mixed, 4, 1).requests
+        rss_early = fresh.rss_mib()
+        sent_early = sent
+        while sent < args.memory_requests:
+            sent += run_wrk(wrk, fresh, mixed, 8, 10).requests
+        rss_late = fresh.rss_mib()
+        rows.append(
+            (
+                f"RSS after {sent_early:,} vs {sent:,} mixed requests (MiB)",
+                "",
+                f"{rss_early:.0f} vs {rss_late:.0f}",
+                f"{(rss_late / rss_early - 1) * 100:+.1f} %",
+                "within 10 %",
+            )
+        )
+
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; {args.rounds} alternating rounds of {args.seconds:g} s, medians."
+    )
+    table = ["| measure | reference | tapeserve | ratio | target |", "|---|---|---|---|---|"]
+    table += [f"| {' | '.join(row)} |" for row in rows]
+    report = header + "\n\n" + "\n".join(table) + "\n"
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
