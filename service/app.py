@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import __version__
+from schemas.networks import SEED_REQUEST
+from service import __version__, codec
 from service.auth import install_auth
 from service.docs import install_docs
 from service.errors import install_error_handlers
-from service.http import RequestContextMiddleware
+from service.http import RequestContextMiddleware, call_self
 from service.observability import configure_logging, install_observability
 from service.routes import activations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
+
+logger = logging.getLogger("tapeserve")
 
 DESCRIPTION = """\
 TensorFlow's `GradientTape` as a REST service: post JSON tensors, weights and activation names; get back
@@ -28,14 +33,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A tapeserve application; its lifespan starts the TensorFlow worker and drains it on shutdown."""
     settings = settings or Settings()
 
+    async def warm_http(app: FastAPI, worker: Worker) -> None:
+        # one seed request through the whole stack, so the first client's request is as fast as the tenth
+        await worker.wait_ready()
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
+        if settings.api_key_list:
+            headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
+        status = await call_self(app, "POST", "/v1/networks/gradients", codec.render(SEED_REQUEST), headers)
+        if status != 200:
+            logger.warning("the warm-up request answered %s", status)
+        app.state.http_warm = True
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings)
         await worker.start()
         app.state.worker = worker
+        app.state.http_warm = not settings.warmup
+        warming = asyncio.create_task(warm_http(app, worker)) if settings.warmup else None
         try:
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
             await worker.stop()
             renderer = getattr(app.state, "plot_renderer", None)
             if renderer is not None:

@@ -23,6 +23,7 @@ from service.errors import (
     ValidationFailed,
     problem_response,
 )
+from service.observability import WARM_UP_SCOPE_KEY
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -154,3 +155,36 @@ class RequestContextMiddleware:
             return message
 
         await self.app(scope, bounded_receive, send_with_id)
+
+
+async def call_self(app: ASGIApp, method: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """Send one request through the app in memory (no socket) and return its status; used to warm it up,
+    so it is marked as such and kept out of metrics and access logs."""
+    messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    status = 0
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", str(len(body)).encode()), *headers],
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        WARM_UP_SCOPE_KEY: True,
+    }
+    await app(scope, receive, send)
+    return status

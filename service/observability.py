@@ -196,6 +196,10 @@ class RouteLabels:
         return self._patterns
 
 
+WARM_UP_SCOPE_KEY = "tapeserve.warm_up"
+"""Set in the scope of the request the service sends itself at start-up (see `service.http.call_self`)."""
+
+
 class ObservabilityMiddleware:
     """Counts, times and logs every request: the outermost middleware, so it sees every answer."""
 
@@ -218,6 +222,9 @@ class ObservabilityMiddleware:
                 status = message["status"]
             await send(message)
 
+        if scope.get(WARM_UP_SCOPE_KEY):  # the service's own start-up request is not traffic
+            await self.app(scope, receive, send)
+            return
         metrics = self.metrics
         metrics.in_flight += 1
         try:

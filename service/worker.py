@@ -111,8 +111,9 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.networks = NetworkEngine(cache_size=settings.function_cache_size, jit_compile=settings.xla)
-        # every power of two up to the merge limit, so a burst of merged requests never waits for XLA
-        merged = [1 << k for k in range(1, settings.max_batch_requests.bit_length())]
+        # merged calls pad to the smallest compiled size: 8 and the merge limit cover every burst without
+        # compiling on the request path, at two compiles' cost of start-up time
+        merged = sorted({min(8, settings.max_batch_requests), settings.max_batch_requests} - {1})
         self._warmups: list[Callable[[], None]] = (
             [lambda: self.networks.warmup(merged_sizes=merged)] if settings.warmup else []
         )
@@ -126,6 +127,8 @@ class Worker:
         self.tf_version = ""
         self.stats = WorkerStats()
         self._carry: list[_Job | None] = []
+        self._merge_load = 1.0
+        """Moving average of requests per merged call: above 1.5, the worker waits the window for more."""
 
     # ------------------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -147,6 +150,11 @@ class Worker:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Return once warm-up has finished."""
+        while not self._ready.is_set():
+            await asyncio.sleep(0.01)
 
     @property
     def queue_depth(self) -> int:
@@ -272,12 +280,14 @@ class Worker:
         limit = self.settings.max_batch_requests
         others: list[_Job | None] = []
         until = time.monotonic() + window
+        # wait out the window only under load (recent calls merged several requests): a lone client
+        # never waits, and a burst keeps its requests together instead of trickling through one by one
+        loaded = self._merge_load > 1.5
         while len(batch) < limit:
             try:
                 job = self._next(block=False)
             except queue.Empty:
-                # wait out the window only when merging is already paying off (a burst is under way)
-                if len(batch) == 1 or time.monotonic() >= until:
+                if not (loaded or len(batch) > 1) or time.monotonic() >= until:
                     break
                 try:
                     job = self._queue.get(timeout=max(until - time.monotonic(), 0.0))
@@ -288,6 +298,7 @@ class Worker:
                 break
             (batch if job.merge_key == first.merge_key else others).append(job)
         self._carry.extend(others)
+        self._merge_load = 0.8 * self._merge_load + 0.2 * len(batch)
         return batch
 
     def _finish(self, job: _Job, outcome: Any, error: BaseException | None) -> None:

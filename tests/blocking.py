@@ -32,7 +32,8 @@ class BlockedWorker:
 
     def occupy(self) -> None:
         """One job running in the worker thread (once the warm-up is over)."""
-        wait_until(lambda: self.worker.ready, seconds=60)
+        # ready includes the service's own warm-up request, which must not queue behind the blocker
+        wait_until(lambda: self.client.get("/readyz").status_code == 200, seconds=60)
         self._submit()
         assert self.running.wait(10)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
@@ -23,8 +23,8 @@ async def healthz() -> Health:
     summary="Readiness: 200 once the worker is warm, 503 before",
     responses={503: {"model": Readiness, "description": "Still starting"}},
 )
-async def readyz(worker: WorkerDep) -> JSONResponse:
-    if worker.ready:
+async def readyz(worker: WorkerDep, request: Request) -> JSONResponse:
+    if worker.ready and request.app.state.http_warm:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
 
