@@ -18,6 +18,9 @@ DEFAULT_ALPHA = 0.01
 MAX_GRID_POINTS = 100_001
 """Most points of z one request evaluates (also bounded by TAPESERVE_MAX_ELEMENTS)."""
 FLOAT32_MAX = 3.4028234663852886e38
+PLOT_LIMIT = 1e12
+"""Largest |start|, |stop| and |alpha| of the plot: matplotlib cannot scale axes whose span nears float64's
+maximum (its tick arithmetic overflows), and nobody reads a figure of activations at 1e300."""
 
 Theme = Literal["dark", "light"]
 
@@ -45,7 +48,10 @@ class Grid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start: float = Field(default=-10.0, allow_inf_nan=False, description="First z.")
-    stop: float = Field(default=10.0, allow_inf_nan=False, description="Last z; greater than start.")
+    # validate_default: a start beyond the default stop is an error too
+    stop: float = Field(
+        default=10.0, allow_inf_nan=False, validate_default=True, description="Last z; greater than start."
+    )
     num: StrictInt = Field(
         default=129,
         ge=2,
@@ -166,10 +172,29 @@ class PlotQuery(BaseModel):
         max_length=200,
         description="Comma-separated activation names, each at most once; one panel each, in this order.",
     )
-    start: float = Field(default=-10.0, allow_inf_nan=False, description="First z.")
-    stop: float = Field(default=10.0, allow_inf_nan=False, description="Last z; greater than start.")
+    start: float = Field(
+        default=-10.0,
+        ge=-PLOT_LIMIT,
+        le=PLOT_LIMIT,
+        allow_inf_nan=False,
+        description=f"First z, |start| ≤ {PLOT_LIMIT:g}.",
+    )
+    stop: float = Field(
+        default=10.0,
+        ge=-PLOT_LIMIT,
+        le=PLOT_LIMIT,
+        allow_inf_nan=False,
+        validate_default=True,
+        description=f"Last z; greater than start, |stop| ≤ {PLOT_LIMIT:g}.",
+    )
     num: int = Field(default=129, ge=2, le=MAX_GRID_POINTS, description="Number of points of z.")
-    alpha: float = Field(default=DEFAULT_ALPHA, allow_inf_nan=False, description="leaky_relu's slope.")
+    alpha: float = Field(
+        default=DEFAULT_ALPHA,
+        ge=-PLOT_LIMIT,
+        le=PLOT_LIMIT,
+        allow_inf_nan=False,
+        description=f"leaky_relu's slope, |alpha| ≤ {PLOT_LIMIT:g}.",
+    )
     theme: Theme = Field(default="dark", description="dark: the seed's dark_background style; light: matplotlib's.")
 
     _stop = field_validator("stop")(_stop_after_start)

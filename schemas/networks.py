@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from schemas.tensors import FloatDType, ResponseEncoding, TensorIn, TensorOut
+from schemas.tensors import LIMIT_ERROR, FloatDType, ResponseEncoding, TensorIn, TensorOut, declared_shape
 
 ActivationName = Literal[
     "linear",
@@ -25,6 +26,25 @@ ActivationName = Literal[
 LossName = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
 ReductionName = Literal["sum", "mean", "none"]
 IncludeName = Literal["intermediates", "local_gradients", "jacobians", "input_gradients"]
+
+MAX_LAYERS = 64
+"""Layers of one network. Compiling 64 layers (float32, XLA, intermediates and input_gradients) takes 2.5–5 s
+on two cores."""
+MAX_LAYERS_WITH_LOCAL_GRADIENTS = 8
+"""Layers of a network that asks for local_gradients or jacobians: each layer's tape.gradient and
+batch_jacobian walk back through every layer before it, so compiling grows with the square of the depth
+(8 layers with every include: 3–5 s on two cores; 16: 10 s; 64: minutes, on a worker that cannot be
+interrupted)."""
+MAX_JACOBIAN_ROWS = 1024
+"""Samples × units of any layer of a request that asks for jacobians: batch_jacobian differentiates each of
+the layer's samples × units outputs (vectorised over them), and compiling that grows with their square;
+8 layers of 256 samples × 4 units compile in about 4 s, of 256 × 18 in 10 s, of 8,192 × 4 in 30 s."""
+MAX_TENSOR_ELEMENTS = 4_194_304
+"""Elements of any one tensor the network makes (z and a of a layer, a Jacobian): the default
+TAPESERVE_MAX_ELEMENTS, which bounds the tensors a request sends."""
+MAX_NETWORK_ELEMENTS = 16_777_216
+"""Elements of every layer's z and Jacobians together: the computation's working set and the response."""
+EXPENSIVE_INCLUDES = ("local_gradients", "jacobians")
 
 SEED_FEATURES = [76.0, 120.0, 37.5]
 """The seed's diabetic patient: heart rate 76 BPM, blood pressure 120 mm Hg, temperature 37.5 °C."""
@@ -72,7 +92,13 @@ class NetworkRequest(BaseModel):
         description="One-hot / probability / regression rows, same shape as predictions. Exactly one of labels, "
         "targets.",
     )
-    layers: list[Layer] = Field(min_length=1, max_length=64, description="Layers 1..L, applied in order.")
+    layers: list[Layer] = Field(
+        min_length=1,
+        max_length=MAX_LAYERS,
+        description=f"Layers 1..L, applied in order: at most {MAX_LAYERS} ({MAX_LAYERS_WITH_LOCAL_GRADIENTS} with "
+        f"local_gradients or jacobians). Each layer's z = W·x_B holds samples × units elements, at most "
+        f"{MAX_TENSOR_ELEMENTS:,}; every layer's z and Jacobians together at most {MAX_NETWORK_ELEMENTS:,}.",
+    )
     bias: Literal["augmented", "none"] = Field(
         default="augmented",
         description="augmented: each layer input gets a constant 1 appended (x_B = [x; 1]).",
@@ -87,16 +113,105 @@ class NetworkRequest(BaseModel):
         description="Over samples. none: a per-sample loss vector (its gradients are those of the sum).",
     )
     dtype: FloatDType = Field(default="float32", description="Compute precision.")
-    include: list[IncludeName] = Field(default_factory=list, max_length=4, description="Extra outputs.")
+    include: list[IncludeName] = Field(
+        default_factory=list,
+        max_length=4,
+        description=f"Extra outputs. With local_gradients or jacobians, at most {MAX_LAYERS_WITH_LOCAL_GRADIENTS} "
+        f"layers; with jacobians, samples × units of each layer at most {MAX_JACOBIAN_ROWS:,} and each Jacobian "
+        f"(samples × units × units × columns for dz/dW) at most {MAX_TENSOR_ELEMENTS:,} elements.",
+    )
     response_encoding: ResponseEncoding = Field(
         default="nested", description="nested: values as JSON arrays; b64: every tensor as base64 bytes."
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _bounded_layers(cls, layers: list[Layer], info: ValidationInfo) -> list[Layer]:
+        # z and a of every layer live through the backward pass: samples × units each, bounded before compiling
+        samples = _samples(info.data.get("features"))
+        if samples is None:
+            return layers
+        total = 0
+        for number, units, _ in _layer_shapes(layers):
+            made = samples * units
+            if made > MAX_TENSOR_ELEMENTS:
+                raise _limit(
+                    f"layer {number}'s z would hold {samples:,} samples × {units:,} units = {made:,} elements, "
+                    f"above the limit of {MAX_TENSOR_ELEMENTS:,}; send fewer samples per request"
+                )
+            total += made
+        if total > MAX_NETWORK_ELEMENTS:
+            raise _limit(
+                f"the layers' z would hold {total:,} elements together, above the limit of {MAX_NETWORK_ELEMENTS:,}; "
+                "send fewer samples or fewer units"
+            )
+        return layers
+
+    @field_validator("include")
+    @classmethod
+    def _bounded_includes(cls, include: list[str], info: ValidationInfo) -> list[str]:
+        asked = [name for name in EXPENSIVE_INCLUDES if name in include]
+        layers = info.data.get("layers")
+        if not asked or layers is None:
+            return include
+        if len(layers) > MAX_LAYERS_WITH_LOCAL_GRADIENTS:
+            raise _limit(
+                f"{' and '.join(asked)} need a network of at most {MAX_LAYERS_WITH_LOCAL_GRADIENTS} layers, got "
+                f"{len(layers)}: compiling them grows with the square of the depth"
+            )
+        samples = _samples(info.data.get("features"))
+        if samples is None or "jacobians" not in include:
+            return include
+        total = 0
+        for number, units, columns in _layer_shapes(layers):
+            if samples * units > MAX_JACOBIAN_ROWS:
+                raise _limit(
+                    f"layer {number}'s Jacobians would differentiate {samples:,} samples × {units:,} units = "
+                    f"{samples * units:,} outputs, above the limit of {MAX_JACOBIAN_ROWS:,}: their cost grows with "
+                    "the square of that; drop jacobians or send fewer samples"
+                )
+            jacobian = samples * units * units * columns
+            if jacobian > MAX_TENSOR_ELEMENTS:
+                raise _limit(
+                    f"layer {number}'s Jacobian dz/dW would hold {samples:,} × {units:,} × {units:,} × {columns:,} = "
+                    f"{jacobian:,} elements, above the limit of {MAX_TENSOR_ELEMENTS:,}; drop jacobians or send "
+                    "fewer samples or units"
+                )
+            total += samples * units * (1 + units + units * columns)
+        if total > MAX_NETWORK_ELEMENTS:
+            raise _limit(
+                f"the layers' z and Jacobians would hold {total:,} elements together, above the limit of "
+                f"{MAX_NETWORK_ELEMENTS:,}; drop jacobians or send fewer samples or units"
+            )
+        return include
 
     @model_validator(mode="after")
     def _labels_or_targets(self) -> NetworkRequest:
         if (self.labels is None) == (self.targets is None):
             raise ValueError("exactly one of labels and targets is required")
         return self
+
+
+def _limit(message: str) -> PydanticCustomError:
+    return PydanticCustomError(LIMIT_ERROR, message)
+
+
+def _samples(features: Any) -> int | None:
+    """Samples the features declare (1 for one sample); None when the codec will reject their shape."""
+    shape = declared_shape(features)
+    if shape is None or len(shape) not in (1, 2):
+        return None
+    return shape[0] if len(shape) == 2 else 1
+
+
+def _layer_shapes(layers: list[Layer]) -> list[tuple[int, int, int]]:
+    """(layer number, units, columns) of every layer whose weights declare a matrix shape."""
+    shapes = []
+    for number, layer in enumerate(layers, start=1):
+        shape = declared_shape(layer.weights)
+        if shape is not None and len(shape) == 2:
+            shapes.append((number, shape[0], shape[1]))
+    return shapes
 
 
 class LayerGradient(BaseModel):

@@ -22,15 +22,30 @@ class Problem(BaseModel):
     errors: list[ProblemItem] | None = Field(default=None, description="Every offending value, with its location.")
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": Problem, "description": text, "content": {"application/problem+json": {}}}
-    for status, text in {
-        400: "Body is not JSON",
-        401: "API keys are configured and the request has none that is valid",
-        413: "Body larger than TAPESERVE_MAX_BODY_BYTES",
-        415: "Body is not application/json",
-        422: "Schema, shape, dtype, value, program or tape-semantics error",
-        429: "Work queue full (see Retry-After)",
-        504: "Request deadline TAPESERVE_TIMEOUT_S passed",
-    }.items()
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "Body is not JSON",
+    401: "API keys are configured and the request has none that is valid",
+    413: "Body larger than TAPESERVE_MAX_BODY_BYTES",
+    415: "Body is not application/json",
+    422: "Schema, shape, dtype, value, program or tape-semantics error",
+    429: "Work queue full (see Retry-After)",
+    504: "Request deadline TAPESERVE_TIMEOUT_S passed",
 }
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses=` for these error statuses, each an application/problem+json Problem."""
+    return {
+        status: {
+            "model": Problem,
+            "description": PROBLEM_DESCRIPTIONS[status],
+            "content": {"application/problem+json": {}},
+        }
+        for status in statuses
+    }
+
+
+PROBLEM_RESPONSES = problem_responses(400, 401, 413, 415, 422, 429, 504)
+"""The errors of an operation that takes a JSON body."""
+QUERY_PROBLEM_RESPONSES = problem_responses(401, 422, 429, 504)
+"""The errors of an operation that reads only its query (no body, so no 400, 413 or 415)."""

@@ -58,6 +58,39 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
 TensorIn = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
 """A request tensor in any of the four forms; decoded and checked by `service.codec.decode`."""
 
+MAX_RANK = 8
+LIMIT_ERROR = "limit_exceeded"
+"""Type of a validation error that is a size limit, not a malformed value (answered as limit-exceeded)."""
+
+
+def declared_shape(value: Any) -> tuple[int, ...] | None:
+    """The shape a request tensor declares, read without decoding its data (the first element at each depth
+    of nested arrays, or the object's `shape`); None when it declares none the codec would accept."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return ()
+    if isinstance(value, list):
+        shape: list[int] = []
+        node: Any = value
+        while isinstance(node, list):
+            shape.append(len(node))
+            if len(shape) > MAX_RANK:
+                return None
+            if not node:
+                break
+            node = node[0]
+        return tuple(shape)
+    if isinstance(value, dict):
+        raw = value.get("shape")
+        if (
+            isinstance(raw, list)
+            and len(raw) <= MAX_RANK
+            and all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in raw)
+        ):
+            return tuple(raw)
+    return None
+
 
 class TensorOut(BaseModel):
     """A response tensor: `values` (nested, non-finite as "NaN"/"Infinity"/"-Infinity") or `b64`."""

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Unauthorized, problem_response
+from service.errors import PROBLEM_JSON, Unauthorized, problem_response
 
 BEARER_SCHEME = "HTTPBearer"
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
@@ -71,6 +71,12 @@ class ApiKeyMiddleware:
         await problem_response(error, request_id)(scope, receive, send)
 
 
+UNAUTHORIZED_RESPONSE: dict[str, Any] = {
+    "description": "API keys are configured and the request has none that is valid",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
 def document_security(app: FastAPI, keys_required: bool) -> None:
     """Declare the HTTPBearer scheme in the OpenAPI document, so Swagger UI shows "Authorize".
 
@@ -95,6 +101,7 @@ def document_security(app: FastAPI, keys_required: bool) -> None:
                 for operation in operations.values():
                     if isinstance(operation, dict):
                         operation["security"] = requirement
+                        operation.setdefault("responses", {}).setdefault("401", UNAUTHORIZED_RESPONSE)
         return schema
 
     # FastAPI's documented way to customise the schema is to replace the bound method

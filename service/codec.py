@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from schemas.tensors import MAX_RANK
 from service.errors import LimitExceeded, Loc, ValidationFailed
 
-MAX_RANK = 8
 DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("float32"),
     "float64": np.dtype("float64"),
@@ -30,6 +30,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
 FLOAT_DTYPES = ("float32", "float64")
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}  # dtype.name is slow to compute per call
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT32 = np.iinfo(np.int32)
 Encoding = Literal["nested", "b64"]
 _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
 body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
@@ -197,6 +198,20 @@ def _cast(array: np.ndarray, dtype: np.dtype[Any], loc: Loc) -> np.ndarray:
     elif dtype == np.float32 and array.size and np.abs(array).max() > _FLOAT32_MAX:
         raise _reject(loc, "values overflow float32; send dtype float64")
     return array.astype(dtype)
+
+
+def cast(array: np.ndarray, dtype: str, loc: Loc) -> np.ndarray:
+    """`array` as `dtype`, a 422 at `loc` when its values do not fit (never a silent wrap or overflow)."""
+    return _cast(array, DTYPES[dtype], loc)
+
+
+def constant_dtype(array: np.ndarray, float_dtype: str) -> str:
+    """The dtype tf.constant gives these values when none is named: int32 for whole numbers (int64 when they
+    do not fit, as TensorFlow has it), else `float_dtype`."""
+    if array.dtype.kind != "i":
+        return float_dtype
+    fits = array.size == 0 or (array.min() >= _INT32.min and array.max() <= _INT32.max)
+    return "int32" if fits else "int64"
 
 
 def decode(value: Any, loc: Loc, *, max_elements: int, dtype: str | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from schemas.tensors import LIMIT_ERROR
 from service.compute import errors as compute_errors
 
 logger = logging.getLogger("tapeserve")
@@ -185,7 +186,9 @@ def _validation_errors(exc: RequestValidationError) -> ServiceError:
         errors.append({"loc": loc, "msg": msg})
     first = errors[0] if errors else {"loc": ["body"], "msg": "invalid"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ValidationFailed(f"{format_loc(first['loc'])}: {first['msg']}{more}", errors=errors)
+    limit = any(err.get("type") == LIMIT_ERROR for err in exc.errors())
+    kind = LimitExceeded if limit else ValidationFailed
+    return kind(f"{format_loc(first['loc'])}: {first['msg']}{more}", errors=errors)
 
 
 _HTTP_ERRORS: dict[int, type[ServiceError]] = {
@@ -234,7 +237,38 @@ async def handle_exception(request: Request, exc: Exception) -> Response:
     return problem_response(error, request_id)
 
 
+def _problems_as_problem_json(document: dict[str, Any]) -> None:
+    """Error responses in the OpenAPI document say what they are: problem+json only, with the Problem schema.
+
+    FastAPI writes a response's `model` under the route's own media type (application/json); every error
+    this service sends is application/problem+json, so that schema is moved there.
+    """
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if not (status.isdigit() and int(status) >= 400 and PROBLEM_JSON in content):
+                    continue
+                plain = content.pop("application/json", None)
+                if plain is not None and "schema" in plain:
+                    content[PROBLEM_JSON] = {**content[PROBLEM_JSON], "schema": plain["schema"]}
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to `handle_exception`, and document its problem+json bodies in the OpenAPI schema."""
+    generate = app.openapi
+
+    def openapi_with_problems() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        _problems_as_problem_json(document)
+        return document
+
+    # FastAPI's documented way to customise the schema is to replace the bound method
+    app.openapi = openapi_with_problems  # type: ignore[method-assign]
     for exc_type in (
         ServiceError,
         compute_errors.ComputeError,

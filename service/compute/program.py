@@ -604,6 +604,15 @@ def _check_outputs(outputs: Sequence[str] | None, known: set[str]) -> None:
             )
 
 
+def _given_as(given: np.ndarray[Any, Any], dtype: Any, index: int, loc: tuple[str | int, ...], what: str) -> Any:
+    """A caller's tensor (output_gradients, tangent) as `dtype`: values beyond its range are the caller's error,
+    not an infinity that TensorFlow's cast would make of them."""
+    numpy_dtype = np.dtype(dtype.as_numpy_dtype)
+    if numpy_dtype.kind == "f" and given.size and float(np.abs(given).max()) > float(np.finfo(numpy_dtype).max):
+        raise TapeSemanticsError(f"{what} has values that overflow {dtype.name}; send dtype float64", index, loc)
+    return tf.constant(given, dtype=dtype)
+
+
 def _output_array(value: Any, float_dtype: Any) -> np.ndarray[Any, Any] | None:
     """The value as a numpy array the service can return, or None (bool, dtype, ragged list...)."""
     if isinstance(value, bool) or value is None or isinstance(value, tf.DType):
@@ -782,7 +791,9 @@ class _TapeRunner:
                     index,
                     ("body", "compute", index, "output_gradients"),
                 )
-            output_gradients = tf.constant(given, dtype=target.dtype)
+            output_gradients = _given_as(
+                given, target.dtype, index, ("body", "compute", index, "output_gradients"), "output_gradients"
+            )
         with _tape_errors(index):
             gradients = tape.gradient(
                 target, sources, output_gradients=output_gradients, unconnected_gradients=unconnected
@@ -853,7 +864,8 @@ class _TapeRunner:
                     index,
                     ("body", "compute", index, "tangents", position),
                 )
-            tangents.append(tf.constant(tangent, dtype=source.dtype))
+            where = ("body", "compute", index, "tangents", position)
+            tangents.append(_given_as(tangent, source.dtype, index, where, f"the tangent for {name!r}"))
         # a source the program assigns starts its accumulator when its last assignment runs
         pending = {
             position: (name, self.parsed.last_assignment[name])

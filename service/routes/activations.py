@@ -22,7 +22,7 @@ from schemas.activations import (
     Grid,
     PlotQuery,
 )
-from schemas.problems import PROBLEM_RESPONSES
+from schemas.problems import PROBLEM_RESPONSES, QUERY_PROBLEM_RESPONSES
 from service import codec
 from service.compute.activations import CATALOGUE, ActivationCurve, default_grid, evaluate_activations
 from service.compute.plots import plot_activations
@@ -201,7 +201,7 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/plot.png",
     response_class=Response,
-    responses={**PNG_RESPONSE, **PROBLEM_RESPONSES},
+    responses={**PNG_RESPONSE, **QUERY_PROBLEM_RESPONSES},
     summary="The seed's figure: each activation and its local gradient against z",
     description="One panel per activation (two columns up to four panels, three beyond; 400×400 px each), "
     "labelled as in the seed. Rendered off the event loop; identical queries are answered from a cache, "

@@ -107,7 +107,7 @@ def decode_tape(
         value = read_tensor(spec.value, loc, declared=spec.dtype, bytes_dtype=None, max_elements=max_elements)
         if value.dtype.kind == "i":
             # whole numbers written without a fraction are int32, as tf.constant (and /v1/tape) has them
-            value = value if spec.dtype is not None else value.astype(np.int32)
+            value = value if spec.dtype is not None else codec.cast(value, codec.constant_dtype(value, dtype), loc)
         else:
             value = to_check_dtype(value, loc, dtype, notes)
         inputs[name] = TapeInput(value, variable=spec.variable, trainable=spec.trainable)

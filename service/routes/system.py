@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
-from service import __version__, codec
+from schemas.tensors import MAX_RANK
+from service import __version__
 from service.deps import SettingsDep, WorkerDep
 
 router = APIRouter(tags=["service"])
@@ -41,7 +42,7 @@ async def info(worker: WorkerDep, settings: SettingsDep) -> Info:
         limits=Limits(
             max_body_bytes=settings.max_body_bytes,
             max_elements=settings.max_elements,
-            max_rank=codec.MAX_RANK,
+            max_rank=MAX_RANK,
             timeout_s=settings.timeout_s,
             queue_limit=settings.queue_limit,
             max_fd_elements=settings.max_fd_elements,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter
 
 from schemas.problems import PROBLEM_RESPONSES
@@ -26,7 +25,7 @@ def decode_inputs(body: TapeRequest, max_elements: int) -> dict[str, TapeInput]:
         value = codec.decode(spec.value, loc, max_elements=max_elements, dtype=spec.dtype)
         if spec.dtype is None:
             # as tf.constant: whole numbers written without a fraction are int32, the rest the float dtype
-            value = value.astype(np.int32 if value.dtype.kind == "i" else body.dtype)
+            value = codec.cast(value, codec.constant_dtype(value, body.dtype), loc)
         inputs[name] = TapeInput(value, variable=spec.variable, trainable=spec.trainable)
     return inputs
 
