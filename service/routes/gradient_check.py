@@ -13,11 +13,12 @@ from schemas.problems import PROBLEM_RESPONSES
 from schemas.tape import TapeRequest
 from service import codec
 from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape, located_under
-from service.compute.networks import NetworkProblem, prepare_network
+from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
 from service.deps import SettingsDep, WorkerDep
 from service.errors import Loc, ValidationFailed, format_loc
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
+from service.routes.networks import network_problem
 
 router = APIRouter(prefix="/v1", tags=["gradient check"], route_class=StrictJSONRoute)
 
@@ -73,22 +74,8 @@ def decode_network(body: NetworkRequest, dtype: str, max_elements: int, notes: l
             notes=notes,
         )
 
-    features = tensor(body.features, "features")
-    targets = None if body.targets is None else tensor(body.targets, "targets")
-    weights = [tensor(layer.weights, "layers", index, "weights") for index, layer in enumerate(body.layers)]
     with located_under(*base):
-        return prepare_network(
-            features,
-            labels=body.labels,
-            targets=targets,
-            weights=weights,
-            activations=[layer.activation for layer in body.layers],
-            alphas=[layer.alpha for layer in body.layers],
-            bias=body.bias,
-            loss=body.loss,
-            reduction=body.reduction,
-            dtype="float64" if dtype == "float64" else "float32",
-        )
+        return network_problem(body, tensor, "float64" if dtype == "float64" else "float32")
 
 
 def decode_tape(

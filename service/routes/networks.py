@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 
 from schemas.networks import NetworkRequest, NetworkResponse
 from schemas.problems import PROBLEM_RESPONSES
+from schemas.tensors import FloatDType
 from service import codec
 from service.compute.networks import NetworkProblem, NetworkResult, prepare_network
 from service.http import DirectBodyRoute, JSONBytesResponse, json_response
@@ -16,32 +19,36 @@ from service.worker import Worker
 router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=DirectBodyRoute)
 
 
-def decode_network(body: NetworkRequest, max_elements: int) -> NetworkProblem:
-    """The request's tensors as numpy arrays, checked against each other by the compute layer."""
-    dtype = body.dtype
-    features = codec.decode(body.features, ("body", "features"), max_elements=max_elements, dtype=dtype)
-    targets = (
-        None
-        if body.targets is None
-        else codec.decode(body.targets, ("body", "targets"), max_elements=max_elements, dtype=dtype)
-    )
-    weights = [
-        codec.decode(layer.weights, ("body", "layers", index, "weights"), max_elements=max_elements, dtype=dtype)
-        for index, layer in enumerate(body.layers)
-    ]
+TensorDecoder = Callable[..., np.ndarray]
+"""`decoder(value, *loc)`: one request tensor as an array; `loc` is its location below the network body."""
+
+
+def network_problem(
+    body: NetworkRequest, tensor: TensorDecoder, dtype: FloatDType, includes: frozenset[str] = frozenset()
+) -> NetworkProblem:
+    """A network body's tensors, decoded by `tensor` and checked against each other by the compute layer."""
     return prepare_network(
-        features,
+        tensor(body.features, "features"),
         labels=body.labels,
-        targets=targets,
-        weights=weights,
+        targets=None if body.targets is None else tensor(body.targets, "targets"),
+        weights=[tensor(layer.weights, "layers", index, "weights") for index, layer in enumerate(body.layers)],
         activations=[layer.activation for layer in body.layers],
         alphas=[layer.alpha for layer in body.layers],
         bias=body.bias,
         loss=body.loss,
         reduction=body.reduction,
         dtype=dtype,
-        includes=frozenset(body.include),
+        includes=includes,
     )
+
+
+def decode_network(body: NetworkRequest, max_elements: int) -> NetworkProblem:
+    """The request's tensors as numpy arrays in its dtype."""
+
+    def tensor(value: Any, *loc: str | int) -> np.ndarray:
+        return codec.decode(value, ("body", *loc), max_elements=max_elements, dtype=body.dtype)
+
+    return network_problem(body, tensor, body.dtype, frozenset(body.include))
 
 
 def encode_network(result: NetworkResult, device: str, dtype: str, encoding: codec.Encoding) -> dict[str, Any]:
