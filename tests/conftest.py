@@ -4,6 +4,7 @@ pinning tests can pin to /CPU:1 on a machine without a GPU."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,7 +28,16 @@ def make_client(**overrides: object) -> TestClient:
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
+def wait_ready(client: TestClient, seconds: float = 60.0) -> None:
+    """Until /readyz answers 200: the worker is warm and the service's own warm-up requests are done."""
+    deadline = time.monotonic() + seconds
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service never became ready"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="session")
 def client() -> Iterator[TestClient]:
     with make_client() as test_client:
+        wait_ready(test_client)
         yield test_client

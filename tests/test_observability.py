@@ -22,7 +22,7 @@ from service.app import create_app
 from service.observability import UNMATCHED_ROUTE, JsonFormatter, configure_logging
 from service.settings import Settings
 from tests.blocking import BlockedWorker, wait_until
-from tests.conftest import make_client
+from tests.conftest import make_client, wait_ready
 from tests.test_server import free_port
 
 GRADIENTS = "/v1/networks/gradients"
@@ -138,6 +138,7 @@ def test_merged_batch_sizes_are_a_histogram() -> None:
 def test_function_cache_hits_misses_and_traces() -> None:
     engine = (("engine", "networks"),)
     with make_client() as client:
+        wait_ready(client)  # its own warm-up requests hit the cache too
         client.post(GRADIENTS, json=SEED_REQUEST)
         before = scrape(client)
         assert client.post(GRADIENTS, json=two_layer_request()).status_code == 200
