@@ -25,7 +25,7 @@ Array = npt.NDArray[Any]
 
 SEED_X = np.array([76.0, 120.0, 37.5])
 SEED_Y = np.array([0.0, 1.0])  # diabetic: class 1
-SEED_W = 0.01 * np.array([[1.0, -2.0, 3.0, -4.0], [-1.0, 2.0, -3.0, 4.0]])
+SEED_W = np.array([[0.01, -0.02, 0.03, 0.01], [-0.01, 0.02, -0.015, 0.02]])
 ALL = tuple(INCLUDES)
 TIGHT = 1e-12
 
