@@ -229,9 +229,12 @@ async def handle_exception(request: Request, exc: Exception) -> Response:
     error = as_service_error(exc)
     request_id = _request_id(request)
     if error.status >= 500:
-        logger.error(
-            "request failed",
-            exc_info=exc if not isinstance(exc, ServiceError) else None,
+        # a bug is an error with its traceback; a deadline or a service still starting is a warning
+        bug = isinstance(error, InternalError)
+        logger.log(
+            logging.ERROR if bug else logging.WARNING,
+            "request failed" if bug else error.title,
+            exc_info=exc if bug and not isinstance(exc, ServiceError) else None,
             extra={"request_id": request_id, "path": request.url.path, "status": error.status},
         )
     return problem_response(error, request_id)
