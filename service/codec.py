@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from schemas.tensors import MAX_RANK
+from schemas.tensors import MAX_RANK, declared_shape
 from service.errors import LimitExceeded, Loc, ValidationFailed
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -72,17 +72,11 @@ def _check_size(shape: Sequence[int], loc: Loc, max_elements: int) -> None:
 
 def _leading_shape(value: list[Any], loc: Loc, max_elements: int) -> list[int]:
     """Shape read off the first element at each depth; bounds rank and size before numpy allocates."""
-    shape: list[int] = []
-    node: Any = value
-    while isinstance(node, list):
-        shape.append(len(node))
-        if len(shape) > MAX_RANK:
-            raise _reject(loc, f"nesting deeper than the maximum rank {MAX_RANK}")
-        if not node:
-            break
-        node = node[0]
-    _check_size(shape, loc, max_elements)
-    return shape
+    declared = declared_shape(value)
+    if declared is None:
+        raise _reject(loc, f"nesting deeper than the maximum rank {MAX_RANK}")
+    _check_size(declared, loc, max_elements)
+    return list(declared)
 
 
 def _find_defect(value: Any, shape: Sequence[int], loc: list[str | int]) -> ValidationFailed | None:

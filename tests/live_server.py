@@ -18,6 +18,14 @@ from service.app import create_app
 from service.settings import Settings
 
 
+def free_port() -> int:
+    """A local TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @contextmanager
 def live_server(**overrides: object) -> Iterator[str]:
     """Serve `create_app(Settings(**overrides))` on a free local port until the block ends; yields the base URL."""

@@ -29,6 +29,7 @@ import orjson
 import pytest
 
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS
+from tests.live_server import free_port
 
 BODY_LIMIT = 1024 * 1024
 WARM_SECONDS = 4.0
@@ -75,13 +76,6 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS in /proc status")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

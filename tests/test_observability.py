@@ -23,7 +23,7 @@ from service.observability import UNMATCHED_ROUTE, JsonFormatter, configure_logg
 from service.settings import Settings
 from tests.blocking import BlockedWorker, wait_until
 from tests.conftest import make_client, wait_ready
-from tests.test_server import free_port
+from tests.live_server import free_port
 
 GRADIENTS = "/v1/networks/gradients"
 

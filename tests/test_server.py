@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ import httpx
 import pytest
 
 from schemas.networks import SEED_REQUEST
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.live_server import free_port
 
 
 @pytest.fixture(scope="module")
