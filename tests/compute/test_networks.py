@@ -13,6 +13,7 @@ import tensorflow as tf
 from service.compute.errors import InvalidInput
 from service.compute.networks import (
     INCLUDES,
+    FloatDType,
     NetworkEngine,
     NetworkProblem,
     NetworkResult,
@@ -442,6 +443,21 @@ def test_merged_requests_equal_each_request_alone(jit_compile: bool) -> None:
         problems[1].features, problems[1].targets, problems[1].weights, ["leaky_relu", "softmax"], alphas=[0.2, 0.01]
     )
     assert_matches(merged[1], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_direct_op_call_equals_the_concrete_function_call(jit_compile: bool, dtype: FloatDType) -> None:
+    engine = NetworkEngine(jit_compile=jit_compile)
+    problem = seed_problem(includes=INCLUDES, dtype=dtype)
+    engine.run([problem])
+    compiled = engine._compiled(problem.spec)
+    assert compiled._call != compiled._concrete_call  # the fast path is in use with this TensorFlow
+    packed = np.random.default_rng(3).normal(size=(2, compiled.input_size)).astype(dtype)
+    direct, plain = compiled._call(packed), compiled._concrete_call(packed)
+    assert direct.dtype == plain.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(direct, plain)
+    assert engine.stats()["traces"] == 1
 
 
 def test_one_trace_serves_any_number_of_requests() -> None:
