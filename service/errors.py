@@ -226,8 +226,13 @@ def as_service_error(exc: Exception) -> ServiceError:
 
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """The one exception handler, registered for every exception type the app can see."""
+    return answer_exception(exc, _request_id(request), request.url.path)
+
+
+def answer_exception(exc: Exception, request_id: str, path: str) -> Response:
+    """The problem+json answer to whatever was raised, logged when it is a server error (see
+    `handle_exception`; the fast lane of `service.http` calls this directly)."""
     error = as_service_error(exc)
-    request_id = _request_id(request)
     if error.status >= 500:
         # a bug is an error with its traceback; a deadline or a service still starting is a warning
         bug = isinstance(error, InternalError)
@@ -235,7 +240,7 @@ async def handle_exception(request: Request, exc: Exception) -> Response:
             logging.ERROR if bug else logging.WARNING,
             "request failed" if bug else error.title,
             exc_info=exc if bug and not isinstance(exc, ServiceError) else None,
-            extra={"request_id": request_id, "path": request.url.path, "status": error.status},
+            extra={"request_id": request_id, "path": path, "status": error.status},
         )
     return problem_response(error, request_id)
 

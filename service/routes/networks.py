@@ -6,17 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 
 from schemas.networks import NetworkRequest, NetworkResponse
 from schemas.problems import PROBLEM_RESPONSES
 from schemas.tensors import FloatDType
 from service import codec
 from service.compute.networks import NetworkProblem, NetworkResult, prepare_network
-from service.http import DirectBodyRoute, JSONBytesResponse, json_response
+from service.http import HotRoute, JSONBytesResponse, StrictJSONRoute
 from service.worker import Worker
 
-router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=DirectBodyRoute)
+router = APIRouter(prefix="/v1/networks", tags=["networks"], route_class=StrictJSONRoute)
 
 
 TensorDecoder = Callable[..., np.ndarray]
@@ -89,8 +89,16 @@ def encode_network(result: NetworkResult, device: str, dtype: str, encoding: cod
     "and to batches. Layer numbers are 1-based.",
 )
 async def network_gradients(body: NetworkRequest, request: Request) -> JSONBytesResponse:
-    # the app's state rather than dependencies: each dependency costs microseconds on the hottest route
-    worker: Worker = request.app.state.worker
-    problem = decode_network(body, request.app.state.settings.max_elements)
+    return JSONBytesResponse(await answer_network(body, request.app))
+
+
+async def answer_network(body: NetworkRequest, app: FastAPI) -> bytes:
+    """The JSON answer to a validated network body (the same for the fast lane and the route above)."""
+    worker: Worker = app.state.worker
+    problem = decode_network(body, app.state.settings.max_elements)
     result = await worker.network_gradients(problem)
-    return json_response(encode_network(result, worker.pinned_device, body.dtype, body.response_encoding))
+    return codec.render(encode_network(result, worker.pinned_device, body.dtype, body.response_encoding))
+
+
+HOT_ROUTE = HotRoute(path="/v1/networks/gradients", model=NetworkRequest, answer=answer_network)
+"""The service's hottest operation, served by the fast lane (`service.http.FastLane`)."""
