@@ -235,8 +235,8 @@ def decode(value: Any, loc: Loc, *, max_elements: int, dtype: str | None = None)
 # ---------------------------------------------------------------------------------------------- out
 
 
-def _nested_values(array: np.ndarray) -> Any:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+def _nested_values(array: np.ndarray, finite: bool) -> Any:
+    if array.dtype.kind == "f" and not finite and not np.isfinite(array).all():
         cells = array.astype(object)
         cells[np.isnan(array)] = "NaN"
         cells[np.isposinf(array)] = "Infinity"
@@ -248,15 +248,15 @@ def _nested_values(array: np.ndarray) -> Any:
     return np.ascontiguousarray(array)
 
 
-def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested") -> dict[str, Any]:
-    """A numpy array as a response tensor."""
+def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested", *, finite: bool = False) -> dict[str, Any]:
+    """A numpy array as a response tensor; `finite` says the caller knows it holds no NaN or infinity."""
     array = np.asarray(array)
     head: dict[str, Any] = {"shape": list(array.shape), "dtype": _DTYPE_NAMES.get(array.dtype) or array.dtype.name}
     if encoding == "b64":
         little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         head["b64"] = base64.b64encode(little_endian.tobytes()).decode()
     else:
-        head["values"] = _nested_values(array)
+        head["values"] = _nested_values(array, finite)
     return head
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
     answer_exception,
+    new_request_id,
     problem_response,
 )
 from service.observability import WARM_UP_SCOPE_KEY
@@ -130,7 +130,7 @@ class HotEndpoint:
             document = parse_json_body(b"".join(chunks), content_type.decode("latin-1"))
             payload = await self.route.answer(validate_body(self.route.model, document), self.app)
         except Exception as exc:
-            request_id = scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+            request_id = scope.get("state", {}).get("request_id") or new_request_id()
             await answer_exception(exc, request_id, scope["path"])(scope, receive, send)
             return
         await send(
@@ -202,9 +202,14 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        given, declared = "", ""
+        for key, value in scope["headers"]:
+            name = key.lower()
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value.decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         raw_id = request_id.encode()
 
@@ -217,7 +222,6 @@ class RequestContextMiddleware:
             await send(message)
 
         limit = self.max_body_bytes
-        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             too_large = PayloadTooLarge(
                 f"Body of {int(declared):,} bytes exceeds {limit:,} (TAPESERVE_MAX_BODY_BYTES)."

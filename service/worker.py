@@ -337,8 +337,15 @@ class Worker:
             for job in live:
                 self._finish(job, None, translated)
             return
+        # one hand-over to the event loop for the whole batch, not one wake-up of it per request
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for job, outcome in zip(live, outcomes, strict=True):
-            self._finish(job, outcome, None)
+            by_loop.setdefault(job.loop, []).append((job.future, outcome))
+        for loop, answers in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, answers)
+            except RuntimeError:
+                logger.info("the event loop of a finished job is closed; its result is dropped")
 
 
 def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
@@ -348,6 +355,12 @@ def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | N
         future.set_exception(error)
     else:
         future.set_result(outcome)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in answers:
+        if not future.done():
+            future.set_result(outcome)
 
 
 def _translate(error: BaseException) -> BaseException:

@@ -96,6 +96,8 @@ class NetworkResult:
     intermediates: list[dict[str, Array]] | None = None
     local_gradients: list[tuple[str, str, Array]] | None = None
     jacobians: list[tuple[str, str, Array]] | None = None
+    finite: bool = False
+    """True when every array above is known to be finite (encoders may then skip checking each one)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,7 +621,8 @@ class _CompiledNetwork:
         self.compiled_rows.add(rows)
         return rows
 
-    def __call__(self, problems: Sequence[NetworkProblem]) -> dict[str, Array]:
+    def __call__(self, problems: Sequence[NetworkProblem]) -> tuple[dict[str, Array], bool]:
+        """Every output by name, with the request axis first; and whether all of them are finite."""
         spec = self.spec
         requests = len(problems)
         rows = self._rows(requests)
@@ -643,13 +646,15 @@ class _CompiledNetwork:
                 row[slot.offset : slot.offset + slot.size] = w.reshape(-1)
             row[alphas.offset : alphas.offset + alphas.size] = problem.alphas
         result = self._call(packed)
-        return {
+        outputs = {
             slot.name: result[:, slot.offset : slot.offset + slot.size].reshape(-1, *slot.shape)
             for slot in self.outputs
         }
+        # one check for the whole batch (padding rows included: they repeat real rows or are zero rows)
+        return outputs, bool(np.isfinite(result).all())
 
 
-def _split(spec: NetworkSpec, out: dict[str, Array], r: int, samples: int) -> NetworkResult:
+def _split(spec: NetworkSpec, out: dict[str, Array], r: int, samples: int, finite: bool) -> NetworkResult:
     """Request r's answer from the merged outputs: padded samples cut off, the batch axis dropped for one sample."""
 
     def sample(name: str) -> Array:
@@ -661,6 +666,7 @@ def _split(spec: NetworkSpec, out: dict[str, Array], r: int, samples: int) -> Ne
         loss=sample("loss") if spec.reduction == "none" else out["loss"][r, ...],
         predictions=sample("predictions"),
         weight_gradients=[out[f"dL/dW{i}"][r] for i in layers],
+        finite=finite,
     )
     if "input_gradients" in spec.includes:
         result.input_gradients = sample("dL/dfeatures")
@@ -726,8 +732,8 @@ class NetworkEngine:
         spec = problems[0].spec
         if any(problem.spec != spec for problem in problems[1:]):
             raise ValueError("problems merged into one run must share one NetworkSpec")
-        outputs = self._compiled(spec)(problems)
-        return [_split(spec, outputs, r, problem.samples) for r, problem in enumerate(problems)]
+        outputs, finite = self._compiled(spec)(problems)
+        return [_split(spec, outputs, r, problem.samples, finite) for r, problem in enumerate(problems)]
 
     def stats(self) -> dict[str, int]:
         """Cache hits and misses, functions traced, and functions held."""

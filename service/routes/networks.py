@@ -53,7 +53,7 @@ def decode_network(body: NetworkRequest, max_elements: int) -> NetworkProblem:
 
 def encode_network(result: NetworkResult, device: str, dtype: str, encoding: codec.Encoding) -> dict[str, Any]:
     def tensor(array: Any) -> dict[str, Any]:
-        return codec.encode(array, encoding)
+        return codec.encode(array, encoding, finite=result.finite)
 
     document: dict[str, Any] = {
         "device": device,

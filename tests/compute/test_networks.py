@@ -695,3 +695,17 @@ def test_padding_does_not_turn_an_infinite_loss_into_nan(engine: NetworkEngine) 
     assert problem.spec.batch == 4
     result = engine.run([problem])[0]
     assert result.loss == np.inf
+
+
+def test_results_say_whether_they_are_all_finite(engine: NetworkEngine) -> None:
+    assert engine.run([seed_problem()])[0].finite
+    # a softmax driven to an exact 0 for the labelled class: log 0 = -inf, an infinite loss
+    saturated = prepare_network(
+        np.array([1000.0, 0.0, 0.0]),
+        labels=1,
+        weights=[np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])],
+        activations=["softmax"],
+    )
+    merged = engine.run([seed_problem(includes=()), saturated])
+    assert np.isinf(merged[1].loss) and not merged[1].finite
+    assert not merged[0].finite  # one check per merged call: a neighbour's infinity makes encoders check each
