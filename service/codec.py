@@ -8,15 +8,16 @@ the index inside nested data. Out: `{"shape", "dtype", "values"}` (non-finite va
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextvars
+import gc
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 
 from schemas.tensors import MAX_RANK, declared_shape
 from service.errors import LimitExceeded, Loc, ValidationFailed
@@ -36,6 +37,8 @@ _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
 body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
 """False once the raw request body is known to hold no `true`/`false` literal, so no tensor can hold a
 boolean and the element-by-element boolean scan (numpy silently reads True as 1.0) can be skipped."""
+_GC_PAUSE_BYTES = 64 * 1024
+"""Bodies from this size on are parsed with the cyclic garbage collector paused (see `parse`)."""
 _NON_FINITE_WORDS = {"nan", "infinity", "-infinity", "inf", "-inf", "+inf", "+infinity"}
 
 
@@ -153,8 +156,8 @@ def _from_object(value: dict[str, Any], loc: Loc, max_elements: int, default: np
         if not isinstance(raw, str):
             raise _reject([*loc, "b64"], "b64 must be a base64 string")
         try:
-            # strict mode validates the alphabet and padding in C (b64decode's validate runs a regex first)
-            buffer = binascii.a2b_base64(raw, strict_mode=True)
+            # SIMD, validating the alphabet and padding: ~30x binascii's strict mode on a megabyte
+            buffer = pybase64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
             raise _reject([*loc, "b64"], "not valid base64") from None
         if len(buffer) != count * dtype.itemsize:
@@ -254,7 +257,7 @@ def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested", *, fin
     head: dict[str, Any] = {"shape": list(array.shape), "dtype": _DTYPE_NAMES.get(array.dtype) or array.dtype.name}
     if encoding == "b64":
         little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        head["b64"] = base64.b64encode(little_endian.tobytes()).decode()
+        head["b64"] = pybase64.b64encode_as_string(little_endian.tobytes())
     else:
         head["values"] = _nested_values(array, finite)
     return head
@@ -271,4 +274,15 @@ def parse(body: bytes) -> Any:
     Also notes, for this request's context, whether the body could hold a boolean at all.
     """
     body_may_hold_booleans.set(b"true" in body or b"false" in body)
-    return orjson.loads(body)
+    if len(body) < _GC_PAUSE_BYTES:
+        return orjson.loads(body)
+    # a large body becomes hundreds of thousands of lists, and the cyclic collector would walk the growing
+    # heap of them again and again while they are made: half the parse time. Parsed JSON holds no cycles,
+    # so pausing the collector misses nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(body)
+    finally:
+        if enabled:
+            gc.enable()

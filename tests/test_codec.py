@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import math
 from typing import Any
 
@@ -120,6 +121,9 @@ def test_element_limit_on_nested_arrays() -> None:
         ({"shape": [2, 2], "data": [1, 2, 3]}, "data", "3 values"),
         ({"shape": [2], "data": [[1], [2]]}, "data", "flat"),
         ({"shape": [2], "b64": "!!!"}, "b64", "base64"),
+        ({"shape": [2], "b64": "AAAAAAAAAAA=="}, "b64", "base64"),  # padding beyond the last quantum
+        ({"shape": [2], "b64": "AAAA AAAAAA="}, "b64", "base64"),  # whitespace is not in the alphabet
+        ({"shape": [2], "b64": "AAAAAAAAAAA"}, "b64", "base64"),  # a quantum short of its padding
         ({"shape": [2], "b64": base64.b64encode(b"\0" * 7).decode()}, "b64", "7 bytes"),
         ({"shape": [2], "data": [1, 2], "dtype": "complex64"}, "dtype", "dtype"),
         ({"shape": [-1], "data": []}, "shape", "negative"),
@@ -184,3 +188,17 @@ def test_boolean_scan_is_skipped_only_for_bodies_without_boolean_literals() -> N
         np.testing.assert_array_equal(decode(parsed["x"], "float32"), [1.0, 2.5])
     finally:
         codec.body_may_hold_booleans.set(True)  # parse() sets it for the whole context, as a request's task would
+
+
+def test_a_large_body_parses_with_the_collector_paused_and_restored() -> None:
+    body = orjson.dumps({"features": [[float(i), 1.5, -2.0] for i in range(20_000)]})
+    assert len(body) > 64 * 1024
+    assert gc.isenabled()
+    assert codec.parse(body)["features"][19_999] == [19_999.0, 1.5, -2.0]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        codec.parse(body)
+        assert not gc.isenabled()  # a collector the caller paused stays paused
+    finally:
+        gc.enable()
