@@ -92,6 +92,6 @@ def __getattr__(name: str) -> FastAPI:
     # `uvicorn service.app:app` gets an app built from the environment, only when asked for
     if name == "app":
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, flush_interval=settings.log_flush_s)
         return create_app(settings)
     raise AttributeError(name)

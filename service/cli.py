@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, flush_interval=settings.log_flush_s)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

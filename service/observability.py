@@ -7,9 +7,11 @@ hits/misses/traces) is collected at scrape time, so requests pay nothing for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -61,9 +63,69 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
-def configure_logging(level: str, stream: IO[str] | None = None) -> None:
-    """Route every logger (the service's, uvicorn's, TensorFlow's) to one JSON-lines handler on stderr."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes its lines in batches, as nginx's `access_log ... buffer= flush=` does.
+
+    Info and debug lines (the access log above all) wait in memory until a warning or error arrives (which
+    is written at once, after them, so the order holds), 64 KiB are pending, or `interval` seconds have
+    passed (a daemon thread flushes). One write per batch instead of per line matters on the event loop:
+    every write releases the GIL, and getting it back from the TensorFlow thread cost ~75 µs a request
+    under load, a quarter of the throughput. `interval` 0 writes every line at once.
+    """
+
+    capacity = 64 * 1024
+
+    def __init__(self, stream: IO[str], interval: float) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._stop = threading.Event()
+        if interval > 0:
+            threading.Thread(target=self._flush_every_interval, name="tapeserve-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds self.lock around emit
+        try:
+            line = self.format(record) + self.terminator
+            self._pending.append(line)
+            self._pending_chars += len(line)
+            if self.interval <= 0 or record.levelno >= logging.WARNING or self._pending_chars >= self.capacity:
+                self._write_pending()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self._pending_chars = 0
+        self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def _flush_every_interval(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except Exception:  # a closed stream at shutdown: nothing left to write to
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(ValueError):  # the stream was closed before the handler
+            self.flush()
+        super().close()
+
+
+def configure_logging(level: str, stream: IO[str] | None = None, flush_interval: float = 0.25) -> None:
+    """Route every logger (the service's, uvicorn's, TensorFlow's) to one JSON-lines handler on stderr,
+    writing in batches at least every `flush_interval` seconds (see `BatchingStreamHandler`)."""
+    handler = BatchingStreamHandler(stream or sys.stderr, flush_interval)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # the JSON lines carry none of these, and gathering them is a third of the cost of a record (the

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     access_log: bool = True
     """One JSON log line per request at info level."""
 
+    log_flush_s: float = Field(default=0.25, ge=0)
+    """Info lines (the access log) are written in batches at least this often; warnings and errors at once,
+    after everything before them. 0 writes every line as it comes (slower under load)."""
+
     batch_window_ms: float = Field(default=1.0, ge=0)
     """How long the worker waits to merge concurrent compatible requests; 0 disables micro-batching."""
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.networks import SEED_REQUEST
 from service.app import create_app
-from service.observability import UNMATCHED_ROUTE, JsonFormatter, configure_logging
+from service.observability import UNMATCHED_ROUTE, BatchingStreamHandler, JsonFormatter, configure_logging
 from service.settings import Settings
 from tests.blocking import BlockedWorker, wait_until
 from tests.conftest import make_client, wait_ready
@@ -190,11 +190,60 @@ def test_configure_logging_routes_every_logger_to_json() -> None:
         configure_logging("info", stream)
         logging.getLogger("uvicorn.error").info("started")
         logging.getLogger("tapeserve.worker").debug("not at info level")
+        root.handlers[0].flush()
     finally:
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
     lines = stream.getvalue().splitlines()
     assert [orjson.loads(line)["msg"] for line in lines] == ["started"]
+
+
+def batching_logger(stream: io.StringIO, interval: float) -> tuple[logging.Logger, BatchingStreamHandler]:
+    handler = BatchingStreamHandler(stream, interval)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"tapeserve.test.batching.{interval}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_info_lines_wait_for_the_interval_and_a_warning_writes_them_in_order() -> None:
+    stream = io.StringIO()
+    logger, handler = batching_logger(stream, interval=60)
+    try:
+        logger.info("one")
+        logger.info("two")
+        assert stream.getvalue() == ""  # batched: no write per line
+        logger.warning("three")
+        assert [orjson.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["one", "two", "three"]
+        logger.info("four")
+    finally:
+        handler.close()  # what logging.shutdown does at exit: nothing pending is lost
+    assert stream.getvalue().splitlines()[-1].endswith('"msg":"four"}')
+
+
+def test_the_flusher_writes_pending_lines_within_the_interval() -> None:
+    stream = io.StringIO()
+    logger, handler = batching_logger(stream, interval=0.05)
+    try:
+        logger.info("waiting")
+        wait_until(lambda: "waiting" in stream.getvalue(), seconds=5)
+    finally:
+        handler.close()
+
+
+def test_interval_zero_writes_every_line_at_once() -> None:
+    stream = io.StringIO()
+    logger, handler = batching_logger(stream, interval=0)
+    try:
+        logger.info("now")
+        assert "now" in stream.getvalue()
+    finally:
+        handler.close()
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
