@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -174,8 +174,10 @@ def _request_id(request: Request) -> str:
 
 
 def new_request_id() -> str:
-    """32 random hex digits, as `uuid.uuid4().hex` gives, at a quarter of its cost."""
-    return os.urandom(16).hex()
+    """32 random hex digits, like `uuid.uuid4().hex`. An id needs to be unique, not unguessable: `random`
+    (seeded from the OS, reseeded in forked children) makes one in ~0.3 µs with no system call, where
+    `os.urandom` releases the GIL for one, and the event loop then waits to get it back."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _validation_errors(exc: RequestValidationError) -> ServiceError:
