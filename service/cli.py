@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
 from service.app import create_app
 from service.observability import configure_logging
 from service.settings import Settings
+
+
+def _write_logs_then_terminate(signum: int, frame: FrameType | None) -> None:
+    logging.shutdown()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, flush_interval=settings.log_flush_s)
+    # uvicorn shuts down gracefully on SIGTERM and then raises it again under the handler it found at
+    # start; with the default one the process dies before `atexit` writes the batched log lines
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _write_logs_then_terminate)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
