@@ -621,6 +621,23 @@ class _CompiledNetwork:
         self.compiled_rows.add(rows)
         return rows
 
+    def _pack_padded(self, row: Array, problem: NetworkProblem) -> None:
+        """One request's row; padded samples repeat its last real one (finite wherever the real ones are)
+        and are masked out."""
+        features, targets, *weights, alphas, mask = self.inputs
+        batch, samples = self.spec.batch, problem.samples
+        padded_features = row[features.offset : features.offset + features.size].reshape(batch, -1)
+        padded_features[:samples] = problem.features
+        padded_features[samples:] = problem.features[-1]
+        padded_targets = row[targets.offset : targets.offset + targets.size].reshape(batch, -1)
+        padded_targets[:samples] = problem.targets
+        padded_targets[samples:] = problem.targets[-1]
+        row[mask.offset : mask.offset + samples] = 1
+        row[mask.offset + samples : mask.offset + batch] = 0
+        for slot, w in zip(weights, problem.weights, strict=True):
+            row[slot.offset : slot.offset + slot.size] = w.reshape(-1)
+        row[alphas.offset : alphas.offset + alphas.size] = problem.alphas
+
     def __call__(self, problems: Sequence[NetworkProblem]) -> tuple[dict[str, Array], bool]:
         """Every output by name, with the request axis first; and whether all of them are finite."""
         spec = self.spec
@@ -630,21 +647,21 @@ class _CompiledNetwork:
         packed[requests:] = 0
         features, targets, *weights, alphas, mask = self.inputs
         batch = spec.batch
-        for r, problem in enumerate(problems):
-            row = packed[r]
-            samples = problem.samples
-            # padded samples repeat the last real one (finite wherever the real ones are) and are masked out
-            padded_features = row[features.offset : features.offset + features.size].reshape(batch, -1)
-            padded_features[:samples] = problem.features
-            padded_features[samples:] = problem.features[-1]
-            padded_targets = row[targets.offset : targets.offset + targets.size].reshape(batch, -1)
-            padded_targets[:samples] = problem.targets
-            padded_targets[samples:] = problem.targets[-1]
-            row[mask.offset : mask.offset + samples] = 1
-            row[mask.offset + samples : mask.offset + batch] = 0
-            for slot, w in zip(weights, problem.weights, strict=True):
-                row[slot.offset : slot.offset + slot.size] = w.reshape(-1)
-            row[alphas.offset : alphas.offset + alphas.size] = problem.alphas
+        if all(problem.samples == batch for problem in problems):
+            # no padding (one sample, or a full power-of-two batch: the common case): one stacking copy per
+            # slot for all requests instead of ten small copies per request
+            head = packed[:requests]
+            for slot, arrays in (
+                (features, [problem.features for problem in problems]),
+                (targets, [problem.targets for problem in problems]),
+                *((slot, [problem.weights[i] for problem in problems]) for i, slot in enumerate(weights)),
+                (alphas, [problem.alphas for problem in problems]),
+            ):
+                head[:, slot.offset : slot.offset + slot.size] = np.asarray(arrays).reshape(requests, slot.size)
+            head[:, mask.offset : mask.offset + batch] = 1
+        else:
+            for r, problem in enumerate(problems):
+                self._pack_padded(packed[r], problem)
         result = self._call(packed)
         outputs = {
             slot.name: result[:, slot.offset : slot.offset + slot.size].reshape(-1, *slot.shape)

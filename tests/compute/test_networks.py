@@ -404,17 +404,18 @@ def test_log_of_zero_gives_an_infinite_loss(engine: NetworkEngine) -> None:
 # --- merging requests and the function cache ------------------------------------------------
 
 
-def merge_problems(rng: np.random.Generator) -> list[NetworkProblem]:
+def merge_problems(rng: np.random.Generator, samples: Sequence[int] = (3, 3, 3)) -> list[NetworkProblem]:
+    """Three requests of one structure (their sample counts share the bucket of 4)."""
     return [
         prepare_network(
-            rng.normal(size=(3, 3)),
-            labels=rng.integers(0, 2, size=3).tolist(),
+            rng.normal(size=(count, 3)),
+            labels=rng.integers(0, 2, size=count).tolist(),
             weights=[rng.normal(size=(4, 4)), rng.normal(size=(2, 5))],
             activations=["leaky_relu", "softmax"],
             alphas=[alpha, None],
             includes=ALL,
         )
-        for alpha in (0.05, 0.2, None)
+        for alpha, count in zip((0.05, 0.2, None), samples, strict=True)
     ]
 
 
@@ -428,9 +429,10 @@ def flatten_result(result: NetworkResult) -> list[Array]:
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_merged_requests_equal_each_request_alone(jit_compile: bool) -> None:
+@pytest.mark.parametrize("samples", [(3, 3, 3), (4, 4, 4), (4, 3, 4)], ids=["padded", "full", "mixed"])
+def test_merged_requests_equal_each_request_alone(jit_compile: bool, samples: tuple[int, int, int]) -> None:
     engine = NetworkEngine(jit_compile=jit_compile)
-    problems = merge_problems(np.random.default_rng(8))
+    problems = merge_problems(np.random.default_rng(8), samples)
     alone = [engine.run([problem])[0] for problem in problems]
     merged = engine.run(problems)
     assert engine.stats()["traces"] == 1
