@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers propagate to the JSON handler instead of configuring their own
         access_log=False,
+        # nothing in the service reads the client's address, so X-Forwarded-* rewriting is work for nothing
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
     )
     return 0

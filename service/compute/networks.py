@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -80,6 +81,19 @@ class NetworkProblem:
         return int(self.features.shape[0])
 
 
+SpecFields = tuple[
+    tuple[tuple[int, int], ...], tuple[str, ...], Bias, Loss, Reduction, FloatDType, frozenset[str], bool
+]
+"""A `NetworkSpec`'s fields but the batch bucket, in order."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _spec(fields: SpecFields, samples: int) -> NetworkSpec:
+    """One `NetworkSpec` object per structure: requests of one structure then share it, and comparing or
+    looking up their specs (merging, the function cache) short-cuts on identity."""
+    return NetworkSpec(*fields, batch=batch_bucket(samples))
+
+
 def batch_bucket(samples: int) -> int:
     """The padded batch size a request of `samples` samples runs with: the next power of two."""
     return 1 << (samples - 1).bit_length()
@@ -119,13 +133,18 @@ def _numeric(value: Any, loc: Loc, what: str) -> Array:
     return array
 
 
+def _all_finite(array: Array) -> bool:
+    if array.size <= 64:  # a seed-sized tensor: math.isfinite over a list beats numpy's two calls
+        return all(map(math.isfinite, array.ravel().tolist()))
+    return bool(np.isfinite(array).all())
+
+
 def _as_float(array: Array, dtype: FloatDType, loc: Loc, what: str) -> Array:
     """Cast to the compute dtype; non-finite values and float32 overflow are the caller's error."""
-    if array.dtype.kind == "f":
+    if array.dtype.kind == "f" and not _all_finite(array):
         finite = np.isfinite(array)
-        if not finite.all():
-            index = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise InvalidInput(f"{what} must be finite, got {array[index]}", (*loc, *index))
+        index = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InvalidInput(f"{what} must be finite, got {array[index]}", (*loc, *index))
     if array.dtype == dtype and array.flags.c_contiguous:
         return array
     # overflow is reported below, with the offending value, instead of as a numpy warning
@@ -348,17 +367,7 @@ def prepare_network(
     else:
         target_rows = _check_targets(targets, single, samples, units, dtype)
 
-    spec = NetworkSpec(
-        layer_shapes=layer_shapes,
-        activations=tuple(activations),
-        bias=bias,
-        loss=loss,
-        reduction=reduction,
-        dtype=dtype,
-        includes=include_set,
-        single=single,
-        batch=batch_bucket(samples),
-    )
+    spec = _spec((layer_shapes, tuple(activations), bias, loss, reduction, dtype, include_set, single), samples)
     return NetworkProblem(
         spec=spec,
         features=rows,

@@ -711,3 +711,9 @@ def test_results_say_whether_they_are_all_finite(engine: NetworkEngine) -> None:
     merged = engine.run([seed_problem(includes=()), saturated])
     assert np.isinf(merged[1].loss) and not merged[1].finite
     assert not merged[0].finite  # one check per merged call: a neighbour's infinity makes encoders check each
+
+
+def test_requests_of_one_structure_share_one_spec_object() -> None:
+    first, second = seed_problem(includes=()), seed_problem(includes=())
+    assert first.spec is second.spec  # merging and the function cache compare specs by identity first
+    assert seed_problem(includes=("jacobians",)).spec is not first.spec
