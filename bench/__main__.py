@@ -66,6 +66,11 @@ class Server:
     base: str
     ready_after_s: float
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -210,20 +215,39 @@ def bulk_bodies(samples: int) -> dict[str, bytes]:
     return {"nested": json.dumps(nested).encode(), "b64": json.dumps(packed).encode()}
 
 
-def timed_posts(server: Server, body: bytes, count: int) -> list[float]:
+def raw_posts(server: Server, body: bytes, count: int, pause: float = 0.0) -> list[float]:
+    """Seconds per POST of `body`, sent one after another on one keep-alive socket (after `pause` seconds
+    of quiet each): a bare client, so that the times are the server's and not a client library's warm-up."""
+    host, port = server.base.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/networks/gradients HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    def exchange(connection: socket.socket, request: bytes) -> bytes:
+        connection.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += connection.recv(65536)
+        header, rest = received.split(b"\r\n\r\n", 1)
+        length = next(
+            int(line.split(b":", 1)[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        while len(rest) < length:
+            rest += connection.recv(65536)
+        if not header.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"request failed: {header.splitlines()[0]!r}")
+        return rest
+
     seconds = []
-    with httpx.Client(base_url=server.base, timeout=60) as client:
-        # the connection and the client's own first-POST costs are not the network route's: pay them on
-        # another endpoint first
-        client.get("/healthz").raise_for_status()
-        client.post("/v1/activations", json={}).raise_for_status()
+    with socket.create_connection((host, int(port))) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        exchange(connection, f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # the connection's cost
         for _ in range(count):
+            time.sleep(pause)
             started = time.perf_counter()
-            response = client.post("/v1/networks/gradients", content=body, headers={"content-type": "application/json"})
-            response.read()
+            exchange(connection, head + body)
             seconds.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise SystemExit(f"bulk request failed: {response.status_code} {response.text[:300]}")
     return seconds
 
 
@@ -259,7 +283,7 @@ def median(values: Sequence[float]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds per scenario")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating A/B rounds per scenario")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
     parser.add_argument("--memory-requests", type=int, default=100_000)
     args = parser.parse_args(argv)
@@ -286,14 +310,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with serve("reference", reference_command(), ref_env, work) as reference:
             latency: dict[str, list[float]] = {"reference": [], "tapeserve": []}
             throughput: dict[str, list[float]] = {"reference": [], "tapeserve": []}
+            cpu_per_request: dict[str, list[float]] = {"reference": [], "tapeserve": []}
             failures = 0
             for _ in range(args.rounds):
                 for server in (reference, tapeserve):
                     run = run_wrk(wrk, server, [full_body], 1, args.seconds)
                     latency[server.name].append(run.p50_ms)
                 for server in (reference, tapeserve):
+                    cpu_before = server.cpu_seconds()
                     run = run_wrk(wrk, server, [plain_body], 64, args.seconds)
                     throughput[server.name].append(run.rps)
+                    cpu_per_request[server.name].append((server.cpu_seconds() - cpu_before) / run.requests)
                     if server is tapeserve:
                         failures += run.status_errors + run.socket_errors
             lat_ref, lat_svc = median(latency["reference"]), median(latency["tapeserve"])
@@ -316,9 +343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"≥ 0.7x (stretch 0.9x); non-2xx: {failures}",
                 )
             )
+            cpu_ref, cpu_svc = median(cpu_per_request["reference"]), median(cpu_per_request["tapeserve"])
+            rows.append(
+                (
+                    "server CPU per request in that run (µs, all threads)",
+                    f"{cpu_ref * 1e6:.0f}",
+                    f"{cpu_svc * 1e6:.0f}",
+                    f"{cpu_svc / cpu_ref:.2f}x",
+                    "(explains the throughput ratio)",
+                )
+            )
 
         for encoding, body in bulk_bodies(65_536).items():
-            seconds = median(timed_posts(tapeserve, body, 7)[2:])
+            seconds = median(raw_posts(tapeserve, body, 7)[2:])
             rows.append(
                 (
                     f"bulk 65,536 samples, {encoding} (samples/s)",
@@ -331,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # start-up and first-request latency in a fresh process
     with serve("tapeserve-fresh", tapeserve_command(), {}, work) as fresh:
-        first_ten = timed_posts(fresh, full_body.read_bytes(), 10)
+        first_ten = raw_posts(fresh, full_body.read_bytes(), 10)
+        paused_ten = raw_posts(fresh, full_body.read_bytes(), 10, pause=0.3)
         rows.append(("start-up: process start to /readyz 200 (s)", "", f"{fresh.ready_after_s:.2f}", "", "≤ 6 s"))
         rows.append(
             (
@@ -340,6 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{first_ten[0] * 1000:.2f} vs {first_ten[9] * 1000:.2f}",
                 f"{first_ten[0] / first_ten[9]:.2f}x",
                 "first ≤ tenth",
+            )
+        )
+        rows.append(
+            (
+                "first request vs later ones each after 0.3 s of quiet (ms, median of 10)",
+                "",
+                f"{first_ten[0] * 1000:.2f} vs {median(paused_ten) * 1000:.2f}",
+                f"{first_ten[0] / median(paused_ten):.2f}x",
+                "(≈ 1: quiet, not first use, costs)",
             )
         )
         mixed = mixed_bodies(work)
