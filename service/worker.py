@@ -303,10 +303,7 @@ class Worker:
 
     def _finish(self, job: _Job, outcome: Any, error: BaseException | None) -> None:
         """Hand the outcome to the job's event loop (futures are not thread-safe)."""
-        try:
-            job.loop.call_soon_threadsafe(_resolve, job.future, outcome, error)
-        except RuntimeError:
-            logger.info("the event loop of a finished job is closed; its result is dropped")
+        _hand_over(job.loop, _resolve, job.future, outcome, error)
 
     def _run_single(self, job: _Job) -> None:
         if not self._live(job):
@@ -342,10 +339,14 @@ class Worker:
         for job, outcome in zip(live, outcomes, strict=True):
             by_loop.setdefault(job.loop, []).append((job.future, outcome))
         for loop, answers in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve_all, answers)
-            except RuntimeError:
-                logger.info("the event loop of a finished job is closed; its result is dropped")
+            _hand_over(loop, _resolve_all, answers)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        logger.info("the event loop of a finished job is closed; its result is dropped")
 
 
 def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
