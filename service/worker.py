@@ -360,8 +360,7 @@ def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | N
 
 def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, outcome in answers:
-        if not future.done():
-            future.set_result(outcome)
+        _resolve(future, outcome, None)
 
 
 def _translate(error: BaseException) -> BaseException:
