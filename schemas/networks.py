@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from schemas.tensors import LIMIT_ERROR, FloatDType, ResponseEncoding, TensorIn, TensorOut, declared_shape
@@ -76,13 +87,23 @@ class Layer(BaseModel):
     )
 
 
+def _decoded_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Labels the parser read straight into numpy from a large body (`service.codec.parse`): a vector of
+    whole numbers is what the list of ints would become; anything else is checked as the JSON it was."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 1 and value.dtype.kind == "i":
+            return value
+        return handler(value.tolist())
+    return handler(value)
+
+
 class NetworkRequest(BaseModel):
     """A stack of dense layers applied to one sample or a batch, with a loss and what to report."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one sample or (batch, n).")
-    labels: StrictInt | list[StrictInt] | None = Field(
+    labels: Annotated[StrictInt | list[StrictInt] | None, WrapValidator(_decoded_labels)] = Field(
         default=None,
         description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
         "use `targets`. Exactly one of labels, targets.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 DType = Literal["float32", "float64", "int32", "int64"]
@@ -70,6 +71,8 @@ def declared_shape(value: Any) -> tuple[int, ...] | None:
         return None
     if isinstance(value, int | float):
         return ()
+    if isinstance(value, np.ndarray):  # read straight from a large body (service.codec.parse)
+        return tuple(value.shape)
     if isinstance(value, list):
         shape: list[int] = []
         node: Any = value

@@ -12,12 +12,14 @@ import binascii
 import contextvars
 import gc
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 import pybase64
+import simdjson
 
 from schemas.tensors import MAX_RANK, declared_shape
 from service.errors import LimitExceeded, Loc, ValidationFailed
@@ -42,6 +44,11 @@ body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("b
 boolean and the element-by-element boolean scan (numpy silently reads True as 1.0) can be skipped."""
 _GC_PAUSE_BYTES = 64 * 1024
 """Bodies from this size on are parsed with the cyclic garbage collector paused (see `parse`)."""
+_DIRECT_BYTES = 64 * 1024
+"""Bodies from this size on may have their large numeric arrays read straight into numpy (see `parse`)."""
+_EXACT_INTEGERS = float(2**53)
+_OPEN_BRACKET = ord("[")
+_parsers = threading.local()
 _NON_FINITE_WORDS = {"nan", "infinity", "-infinity", "inf", "-inf", "+inf", "+infinity"}
 
 
@@ -122,6 +129,13 @@ def _from_nested(value: list[Any], loc: Loc, max_elements: int) -> np.ndarray:
         raise defect if defect is not None else _reject(loc, "not a rectangular array of numbers")
     if array.dtype.kind == "u":
         array = array.astype(np.float64)
+    return array
+
+
+def _from_decoded(array: np.ndarray, loc: Loc, max_elements: int) -> np.ndarray:
+    """An array `parse` read straight from the body: numeric and rectangular already, as `_from_nested`
+    would have made it; only the size limit is left to check."""
+    _check_size(array.shape, loc, max_elements)
     return array
 
 
@@ -237,6 +251,8 @@ def decode(value: Any, loc: Loc, *, max_elements: int, dtype: str | None = None)
         array = np.asarray(value)
     elif isinstance(value, list):
         array = _from_nested(value, loc, max_elements)
+    elif isinstance(value, np.ndarray):
+        array = _from_decoded(value, loc, max_elements)
     elif isinstance(value, dict):
         array = _from_object(value, loc, max_elements, wanted or DTYPES["float64"])
     else:
@@ -277,11 +293,21 @@ def render(document: Any) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def parse(body: bytes) -> Any:
+def parse(body: bytes, arrays: Mapping[str, str] | None = None) -> Any:
     """Strict JSON: NaN, Infinity and numbers that overflow to infinity are rejected.
+
+    `arrays` maps top-level fields to the numpy kinds they take ("i" int64 for whole numbers only, "if"
+    float64 too): such a field's value, when it is a rectangular array of numbers (rank 1 or 2) of one
+    of those kinds in a body of 64 KiB or more, comes back as the numpy array `decode` would make of it
+    instead of nested lists. A 65,536-sample body is read in ~10 ms instead of ~40. Anything else in
+    such a field, and every other field, is what the plain parse gives.
 
     Also notes, for this request's context, whether the body could hold a boolean at all.
     """
+    if arrays and len(body) >= _DIRECT_BYTES:
+        document = _parse_direct(body, arrays)
+        if document is not None:
+            return document
     body_may_hold_booleans.set(b"true" in body or b"false" in body)
     if len(body) < _GC_PAUSE_BYTES:
         return orjson.loads(body)
@@ -295,3 +321,112 @@ def parse(body: bytes) -> Any:
     finally:
         if enabled:
             gc.enable()
+
+
+def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | None:
+    """`parse` with the `arrays` fields read by simdjson straight into numpy; None wherever the result
+    could differ from the plain parse's (the plain parse then runs, and gives its own answer or error).
+
+    simdjson flattens any nesting into its buffer, so the shape is checked apart: every row as long as
+    the first, and exactly one `[` in the body per array the document is known to hold. That count
+    also rules out deeper nesting; it is exact because no string anywhere may contain a `[`.
+    """
+    try:
+        root = _simdjson_parse(body)
+    except (ValueError, RuntimeError):  # not JSON, or a number simdjson does not take: orjson says why
+        return None
+    if not isinstance(root, simdjson.Object):
+        return None
+    keys = list(root.keys())
+    if len(set(keys)) != len(keys):  # repeated keys: the plain parse keeps the last, simdjson the first
+        return None
+    document: dict[str, Any] = {}
+    brackets = 0
+    booleans = False
+    for key in keys:
+        if "[" in key:
+            return None
+        value = root[key]
+        if key in arrays and isinstance(value, simdjson.Array):
+            decoded = _direct_array(value)
+            if decoded is None or decoded[0].dtype.kind not in arrays[key]:
+                return None
+            document[key], opened = decoded
+            brackets += opened
+        elif isinstance(value, simdjson.Array | simdjson.Object):
+            mini: str | bytes = value.mini  # bytes, though the stubs say str
+            text = mini.encode() if isinstance(mini, str) else mini
+            plain = orjson.loads(text)
+            opened = _count_lists(plain)
+            if text.count(b"[") != opened:  # a "[" inside a string
+                return None
+            brackets += opened
+            booleans = booleans or b"true" in text or b"false" in text
+            document[key] = plain
+        else:
+            if isinstance(value, str) and "[" in value:
+                return None
+            booleans = booleans or isinstance(value, bool)
+            document[key] = value
+    if np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN_BRACKET) != brackets:  # 6x bytes.count
+        return None
+    body_may_hold_booleans.set(booleans)
+    return document
+
+
+def _simdjson_parse(body: bytes) -> Any:
+    """`body` parsed by this thread's parser: reusing one keeps its buffers (and their pages) from one large
+    body to the next. Nothing `_parse_direct` returns refers to the parser, so it is free again once that
+    returns; should something still hold on to the last document, a new parser takes over."""
+    parser: simdjson.Parser | None = getattr(_parsers, "parser", None)
+    if parser is not None:
+        try:
+            return parser.parse(body)
+        except RuntimeError as error:
+            if "re-use" not in str(error):
+                raise
+    _parsers.parser = simdjson.Parser()
+    return _parsers.parser.parse(body)
+
+
+def _count_lists(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_count_lists(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_count_lists(item) for item in value.values())
+    return 0
+
+
+def _direct_array(value: simdjson.Array) -> tuple[np.ndarray, int] | None:
+    """A rank-1 or rank-2 array of numbers as numpy, with the number of JSON arrays it is made of; None
+    for anything else (other ranks, ragged rows, non-numbers, integers a float64 cannot hold exactly)."""
+    rows = len(value)
+    if rows == 0:
+        return None
+    first = value[0]
+    shape: tuple[int, ...]
+    if isinstance(first, simdjson.Array):
+        columns = len(first)
+        if columns == 0 or isinstance(first[0], simdjson.Array | simdjson.Object):
+            return None
+        try:
+            if set(map(len, value)) != {columns}:
+                return None
+        except TypeError:  # a number among the rows
+            return None
+        shape, opened = (rows, columns), rows + 1
+    else:
+        shape, opened = (rows,), 1
+    try:
+        flat = np.frombuffer(value.as_buffer(of_type="i"), dtype=np.int64)
+    except TypeError:  # not all whole numbers: read as float64, as numpy reads a mix
+        try:
+            flat = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+        except TypeError:  # strings, booleans, null or objects
+            return None
+        # a whole number past 2**53 could round differently on numpy's way: the plain parse decides there
+        if float(np.abs(flat).max()) >= _EXACT_INTEGERS:
+            return None
+    if flat.size != math.prod(shape):
+        return None
+    return flat.reshape(shape), opened

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -46,8 +46,9 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def parse_json_body(body: bytes, content_type: str) -> Any:
-    """A request body as strict JSON (no NaN/Infinity/overflowing numbers).
+def parse_json_body(body: bytes, content_type: str, arrays: Mapping[str, str] | None = None) -> Any:
+    """A request body as strict JSON (no NaN/Infinity/overflowing numbers); the top-level `arrays`
+    fields of a large body may come as numpy arrays (see `codec.parse`).
 
     415 for a body not declared as JSON, 400 for one that is not JSON, 422 for none at all.
     """
@@ -56,7 +57,7 @@ def parse_json_body(body: bytes, content_type: str) -> Any:
     if not body.strip():
         raise ValidationFailed.at(("body",), "a JSON body is required")
     try:
-        return codec.parse(body)
+        return codec.parse(body, arrays)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"Body is not valid strict JSON: {error}") from None
 
@@ -106,6 +107,8 @@ class HotRoute:
     path: str
     model: type[BaseModel]
     answer: HotAnswer
+    arrays: Mapping[str, str] = field(default_factory=dict)
+    """Top-level tensor fields the model takes as numpy arrays too, with their kinds (see `codec.parse`)."""
 
 
 class HotEndpoint:
@@ -127,7 +130,7 @@ class HotEndpoint:
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
             content_type = next((value for name, value in scope["headers"] if name.lower() == b"content-type"), b"")
-            document = parse_json_body(b"".join(chunks), content_type.decode("latin-1"))
+            document = parse_json_body(b"".join(chunks), content_type.decode("latin-1"), self.route.arrays)
             payload = await self.route.answer(validate_body(self.route.model, document), self.app)
         except Exception as exc:
             request_id = scope.get("state", {}).get("request_id") or new_request_id()

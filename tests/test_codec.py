@@ -202,3 +202,125 @@ def test_a_large_body_parses_with_the_collector_paused_and_restored() -> None:
         assert not gc.isenabled()  # a collector the caller paused stays paused
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------ large bodies read straight into numpy
+
+ARRAYS = {"features": "if", "targets": "if", "labels": "i"}
+ROWS = 4_000  # enough rows for a body past the 64 KiB from which `parse` reads arrays directly
+
+
+def large(**fields: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    document: dict[str, Any] = {
+        "features": (rng.normal(size=(ROWS, 3)) * [8.0, 15.0, 0.5] + [76.0, 120.0, 37.5]).tolist(),
+        "labels": rng.integers(0, 2, size=ROWS).tolist(),
+        "layers": [{"weights": [[0.01, -0.02, 0.03, 0.01], [-0.01, 0.02, -0.015, 0.02]], "activation": "softmax"}],
+    }
+    document.update(fields)
+    return document
+
+
+def parse_both(body: bytes) -> tuple[Any, Any]:
+    try:
+        return codec.parse(body, ARRAYS), codec.parse(body)
+    finally:
+        codec.body_may_hold_booleans.set(True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"features": [[76, 120, 37], [80, 130, 38]] * ROWS},  # whole numbers: int64, as numpy reads them
+        {"features": [[76, 120.5, 37], [80, 130, 38.25]] * ROWS},  # a mix: float64
+        {"features": list(range(30_000))},  # rank 1
+        {"labels": None, "targets": np.eye(2)[np.arange(ROWS) % 2].tolist()},
+        {"features": [[1.5, -2.0, 9007199254740991.0]] * ROWS},  # the largest whole float64 still exact
+        {"note": "no brackets here", "loss": "cross_entropy", "include": ["input_gradients"]},
+    ],
+)
+def test_large_arrays_come_as_the_arrays_decode_would_make(fields: dict[str, Any]) -> None:
+    body = orjson.dumps(large(**fields))
+    assert len(body) > 64 * 1024
+    direct, plain = parse_both(body)
+    assert direct.keys() == plain.keys()
+    for key, value in plain.items():
+        if key in ARRAYS and isinstance(value, list):
+            assert isinstance(direct[key], np.ndarray)
+            expected = decode(value, limit=10**6)
+            got = decode(direct[key], limit=10**6)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+        else:
+            assert direct[key] == value
+
+
+def test_small_bodies_and_other_fields_stay_json() -> None:
+    small = codec.parse(orjson.dumps({"features": [[1.0, 2.0, 3.0]], "labels": [1]}), ARRAYS)
+    assert small == {"features": [[1.0, 2.0, 3.0]], "labels": [1]}
+    direct, _ = parse_both(orjson.dumps(large(weights=[[1.0, 2.0]] * ROWS)))
+    assert isinstance(direct["weights"], list)  # not named in `arrays`
+
+
+def _tampered(replace: bytes, by: bytes, **fields: Any) -> bytes:
+    body = orjson.dumps(large(**fields))
+    assert replace in body
+    return body.replace(replace, by, 1)
+
+
+FEATURES = [[76.5, 120.5, 37.5]] * ROWS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # ragged rows whose lengths make up the total: 2 + 4 = 3 + 3
+        _tampered(b"[76.5,120.5,37.5],[76.5,120.5,37.5]", b"[76.5,120.5],[76.5,120.5,37.5,1.0]", features=FEATURES),
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,[120.5],37.5]", features=FEATURES),  # one level deeper
+        # one level deeper, with an escaped "[" in a string to make up the count of brackets
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,[120.5],37.5]", features=FEATURES, note="\\u005b").replace(
+            b'"\\\\u005b"', b'"\\u005b"'
+        ),
+        _tampered(b"[76.5,120.5,37.5]", b"76.5", features=FEATURES),  # a number among the rows
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,true,37.5]", features=FEATURES),
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,null,37.5]", features=FEATURES),
+        _tampered(b"[76.5,120.5,37.5]", b'[76.5,"1",37.5]', features=FEATURES),
+        _tampered(b"[76.5,120.5,37.5]", b'[76.5,{"a":1},37.5]', features=FEATURES),
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,9007199254740993,37.5]", features=FEATURES),  # rounds on the way
+        _tampered(b"[76.5,120.5,37.5]", b"[76.5,18446744073709551615,37.5]", features=FEATURES),  # past int64
+        _tampered(b'"labels":[', b'"labels":[0.0,', labels=[1] * (ROWS - 1)),  # a float among class indices
+        _tampered(b'"labels":[', b'"features":[[1.0]],"labels":[', features=FEATURES),  # a repeated key
+        orjson.dumps(large(loss="[x")),  # a bracket in a string
+        orjson.dumps(large(**{"a[b": 1})),  # a bracket in a key
+        orjson.dumps([large()]),  # not an object at the top
+    ],
+)
+def test_anything_the_direct_read_might_get_wrong_takes_the_plain_parse(body: bytes) -> None:
+    assert len(body) > 64 * 1024
+    direct, plain = parse_both(body)
+    assert direct == plain  # nested lists (or the plain parse's values) throughout, not arrays
+
+
+def test_json_the_direct_read_refuses_gets_the_plain_parse_error() -> None:
+    body = _tampered(b"76.5", b"1e400", features=FEATURES)
+    with pytest.raises(orjson.JSONDecodeError):
+        codec.parse(body, ARRAYS)
+
+
+def test_boolean_flag_comes_from_the_fields_that_stay_json() -> None:
+    try:
+        codec.parse(orjson.dumps(large(flag=True)), ARRAYS)
+        assert codec.body_may_hold_booleans.get() is True
+        codec.parse(orjson.dumps(large()), ARRAYS)
+        assert codec.body_may_hold_booleans.get() is False
+    finally:
+        codec.body_may_hold_booleans.set(True)
+
+
+def test_the_parser_is_reused_and_replaced_if_a_document_outlives_a_parse() -> None:
+    body = orjson.dumps(large())
+    codec.parse(body, ARRAYS)
+    kept = codec._simdjson_parse(body)  # a document someone holds on to
+    direct = codec.parse(body, ARRAYS)
+    assert isinstance(direct["features"], np.ndarray) and len(kept["features"]) == ROWS

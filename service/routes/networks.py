@@ -100,5 +100,10 @@ async def answer_network(body: NetworkRequest, app: FastAPI) -> bytes:
     return codec.render(encode_network(result, worker.pinned_device, body.dtype, body.response_encoding))
 
 
-HOT_ROUTE = HotRoute(path="/v1/networks/gradients", model=NetworkRequest, answer=answer_network)
+HOT_ROUTE = HotRoute(
+    path="/v1/networks/gradients",
+    model=NetworkRequest,
+    answer=answer_network,
+    arrays={"features": "if", "targets": "if", "labels": "i"},
+)
 """The service's hottest operation, served by the fast lane (`service.http.FastLane`)."""
