@@ -324,3 +324,13 @@ def test_the_parser_is_reused_and_replaced_if_a_document_outlives_a_parse() -> N
     kept = codec._simdjson_parse(body)  # a document someone holds on to
     direct = codec.parse(body, ARRAYS)
     assert isinstance(direct["features"], np.ndarray) and len(kept["features"]) == ROWS
+
+
+def test_a_body_past_the_kept_size_gets_a_parser_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = orjson.dumps(large())
+    codec.parse(body, ARRAYS)
+    kept = codec._parsers.parser
+    monkeypatch.setattr(codec, "_KEPT_PARSER_BYTES", len(body) - 1)
+    direct, plain = parse_both(body)
+    np.testing.assert_array_equal(direct["features"], plain["features"])
+    assert codec._parsers.parser is kept  # the huge body's buffers went with its own parser
