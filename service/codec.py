@@ -348,6 +348,8 @@ def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | No
         if "[" in key:
             return None
         value = root[key]
+        if key in arrays and isinstance(value, simdjson.Object):
+            return None  # a tensor object (base64 or flat data): orjson reads its one long string faster
         if key in arrays and isinstance(value, simdjson.Array):
             decoded = _direct_array(value)
             if decoded is None or decoded[0].dtype.kind not in arrays[key]:

@@ -294,6 +294,7 @@ FEATURES = [[76.5, 120.5, 37.5]] * ROWS
         orjson.dumps(large(loss="[x")),  # a bracket in a string
         orjson.dumps(large(**{"a[b": 1})),  # a bracket in a key
         orjson.dumps([large()]),  # not an object at the top
+        orjson.dumps(large(features={"shape": [ROWS, 3], "data": [76.5, 120.5, 37.5] * ROWS})),  # a tensor object
     ],
 )
 def test_anything_the_direct_read_might_get_wrong_takes_the_plain_parse(body: bytes) -> None:
