@@ -397,11 +397,18 @@ def _simdjson_parse(body: bytes) -> Any:
 
 
 def _count_lists(value: Any) -> int:
-    if isinstance(value, list):
-        return 1 + sum(_count_lists(item) for item in value)
-    if isinstance(value, dict):
-        return sum(_count_lists(item) for item in value.values())
-    return 0
+    """The JSON arrays in a parsed value, however deep (orjson and simdjson take 1,024 levels, more than
+    Python's recursion would)."""
+    count = 0
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            count += 1
+            pending.extend(node)
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+    return count
 
 
 def _direct_array(value: simdjson.Array) -> tuple[np.ndarray, int] | None:

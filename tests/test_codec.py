@@ -303,6 +303,16 @@ def test_anything_the_direct_read_might_get_wrong_takes_the_plain_parse(body: by
     assert direct == plain  # nested lists (or the plain parse's values) throughout, not arrays
 
 
+def test_deep_nesting_beside_large_arrays_is_counted_without_recursion() -> None:
+    body = orjson.dumps(large(layers=None)).replace(b'"layers":null', b'"layers":' + b"[" * 1000 + b"]" * 1000)
+    direct = codec.parse(body, ARRAYS)
+    assert isinstance(direct["features"], np.ndarray)
+    levels, node = 1, direct["layers"]
+    while node:
+        levels, node = levels + 1, node[0]
+    assert levels == 1000
+
+
 def test_json_the_direct_read_refuses_gets_the_plain_parse_error() -> None:
     body = _tampered(b"76.5", b"1e400", features=FEATURES)
     with pytest.raises(orjson.JSONDecodeError):
