@@ -73,9 +73,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def validate_body(model: type[M], document: Any) -> M:
-    """`model` validated from a parsed body; errors carry the `("body", ...)` locations FastAPI's would."""
+    """`model` validated from a parsed body as FastAPI validates one (`from_attributes`, which words the
+    error for a non-object where an object belongs); errors carry the `("body", ...)` locations FastAPI's would."""
     try:
-        return model.model_validate(document)
+        return model.model_validate(document, from_attributes=True)
     except ValidationError as error:
         raise RequestValidationError(
             [{**detail, "loc": ("body", *detail["loc"])} for detail in error.errors(include_url=False)]
