@@ -371,7 +371,8 @@ def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | No
                 return None
             booleans = booleans or isinstance(value, bool)
             document[key] = value
-    if np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN_BRACKET) != brackets:  # 6x bytes.count
+    # counted by numpy: six times faster than bytes.count on a 4 MB body
+    if np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN_BRACKET) != brackets:
         return None
     body_may_hold_booleans.set(booleans)
     return document
@@ -413,7 +414,8 @@ def _count_lists(value: Any) -> int:
 
 def _direct_array(value: simdjson.Array) -> tuple[np.ndarray, int] | None:
     """A rank-1 or rank-2 array of numbers as numpy, with the number of JSON arrays it is made of; None
-    for anything else (other ranks, ragged rows, non-numbers, integers a float64 cannot hold exactly)."""
+    for anything else (other ranks, ragged rows, non-numbers, and floats from 2**53 on, where a whole
+    number among them could round differently than numpy would round it)."""
     rows = len(value)
     if rows == 0:
         return None
