@@ -1,0 +1,1 @@
+"""Between HTTP and compute: request models -> compute arguments, results -> bodies, errors -> HTTP locations."""
