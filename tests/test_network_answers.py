@@ -1,0 +1,133 @@
+"""POST /v1/networks/gradients answers the recorded cases byte for byte as it did before the one-stack
+rewrite (when a fast lane beside FastAPI served it, tested then to answer exactly as the full stack did).
+
+The fixture holds, per case, the request's digest, the status, the content type and the exact response
+bytes (their digest for large bodies). Re-record (`python -m tests.test_network_answers`) only when the
+answers are meant to change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi.testclient import TestClient
+
+from schemas.networks import SEED_REQUEST
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import wait_ready
+
+GRADIENTS = "/v1/networks/gradients"
+FIXTURE = Path(__file__).parent / "fixtures" / "network_answers.jsonl"
+INLINE_BYTES = 4096
+"""Request and response bodies up to this size are kept whole in the fixture; larger ones by digest and size."""
+PLAIN = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
+
+ROWS = 4_000
+LARGE = {**PLAIN, "features": [[76.5, 120.5, 37.5]] * ROWS, "labels": [0, 1] * (ROWS // 2)}
+
+
+def _b64(values: list[float], dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+# (body bytes, content type): answers, good and bad
+CASES: list[tuple[bytes, str]] = [
+    (orjson.dumps(SEED_REQUEST), "application/json"),
+    (orjson.dumps({**PLAIN, "dtype": "float64", "response_encoding": "b64"}), "application/json"),
+    (orjson.dumps({**PLAIN, "features": [[1.0, 2.0, 3.0], [4.0, 5.0]]}), "application/json"),  # ragged
+    (orjson.dumps({**PLAIN, "labels": [0, 1]}), "application/json"),  # labels for two samples, one given
+    (orjson.dumps({**PLAIN, "layers": []}), "application/json"),
+    (orjson.dumps({**PLAIN, "loss": "hinge"}), "application/json"),
+    (orjson.dumps({**PLAIN, "layers": [[0.5]]}), "application/json"),  # a non-object where a layer belongs
+    (b'{"features": [NaN, 1, 2]}', "application/json"),
+    (b'{"features": [1, 2', "application/json"),
+    (b"", "application/json"),
+    (orjson.dumps(SEED_REQUEST), "text/plain"),
+    (orjson.dumps(SEED_REQUEST), ""),
+    (orjson.dumps(SEED_REQUEST), "application/problem+json; charset=utf-8"),
+    # bodies past 64 KiB, whose arrays the codec reads straight into numpy (codec.parse)
+    (orjson.dumps(LARGE), "application/json"),
+    (orjson.dumps({**LARGE, "labels": None, "targets": [[0.0, 1.0]] * ROWS, "dtype": "float64"}), "application/json"),
+    (orjson.dumps({**LARGE, "include": ["input_gradients"], "reduction": "mean"}), "application/json"),
+    (orjson.dumps(LARGE).replace(b"[76.5,120.5,37.5]", b"[76.5,120.5]", 1), "application/json"),  # ragged
+    (orjson.dumps(LARGE).replace(b"[76.5,120.5,37.5]", b"[76.5,true,37.5]", 1), "application/json"),
+    (orjson.dumps({**LARGE, "labels": [0.0] + [1] * (ROWS - 1)}), "application/json"),  # not a class index
+    (orjson.dumps({**LARGE, "labels": [[1]] * ROWS}), "application/json"),  # labels of rank 2
+    (orjson.dumps({**LARGE, "labels": [2] * ROWS}), "application/json"),  # no such class
+    (
+        orjson.dumps({**LARGE, "layers": 0}).replace(b'"layers":0', b'"layers":' + b"[" * 1000 + b"]" * 1000),
+        "application/json",
+    ),
+    # base64 tensors in and out, small and large
+    (
+        orjson.dumps(
+            {
+                **PLAIN,
+                "features": {"shape": [3], "dtype": "float64", "b64": _b64([76.0, 120.0, 37.5], "<f8")},
+                "response_encoding": "b64",
+            }
+        ),
+        "application/json",
+    ),
+    (orjson.dumps({**PLAIN, "features": {"shape": [3], "b64": "not base64!"}}), "application/json"),
+    (
+        orjson.dumps(
+            {
+                **LARGE,
+                "features": {"shape": [ROWS, 3], "dtype": "float32", "b64": _b64([76.5, 120.5, 37.5] * ROWS, "<f4")},
+                "response_encoding": "b64",
+            }
+        ),
+        "application/json",
+    ),
+]
+STATUSES = [200, 200, 422, 422, 422, 422, 422, 400, 400, 422, 415, 415, 200, 200, 200, 200]
+STATUSES += [422, 422, 422, 422, 422, 422, 200, 422, 200]
+
+
+def _kept(content: bytes) -> dict[str, Any]:
+    if len(content) <= INLINE_BYTES:
+        return {"text": content.decode()}
+    return {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+
+
+def answers() -> list[dict[str, Any]]:
+    """Each case's request (kept or digested) and the service's answer: status, content type, body."""
+    app = create_app(Settings(cpu_logical_devices=2))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        recorded = []
+        for body, content_type in CASES:
+            headers = {"content-type": content_type} if content_type else {}
+            response = client.post(GRADIENTS, content=body, headers=headers)
+            recorded.append(
+                {
+                    "request": {"content_type": content_type, **_kept(body)},
+                    "status": response.status_code,
+                    "content_type": response.headers["content-type"],
+                    "response": _kept(response.content),
+                }
+            )
+        return recorded
+
+
+def test_the_networks_route_answers_the_recorded_cases_byte_for_byte() -> None:
+    recorded = [orjson.loads(line) for line in FIXTURE.read_bytes().splitlines()]
+    now = answers()
+    assert [answer["status"] for answer in now] == STATUSES
+    assert [answer["request"] for answer in now] == [answer["request"] for answer in recorded]
+    for case, (answer, before) in enumerate(zip(now, recorded, strict=True)):
+        assert answer == before, f"case {case} answers differently"
+
+
+if __name__ == "__main__":
+    FIXTURE.parent.mkdir(exist_ok=True)
+    FIXTURE.write_bytes(b"".join(orjson.dumps(answer) + b"\n" for answer in answers()))
+    sys.stdout.write(f"{FIXTURE}: {len(CASES)} answers recorded\n")
