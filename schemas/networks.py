@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictInt,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.tensors import LIMIT_ERROR, FloatDType, ResponseEncoding, TensorIn, TensorOut, declared_shape
-
-ActivationName = Literal[
-    "linear",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "gelu",
-    "softplus",
-    "swish",
-    "softmax",
-    "log_softmax",
-]
-LossName = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
-ReductionName = Literal["sum", "mean", "none"]
-IncludeName = Literal["intermediates", "local_gradients", "jacobians", "input_gradients"]
+from schemas.tensors import LIMIT_ERROR, ResponseEncoding, TensorIn, TensorOut, declared_shape
+from service.vocabulary import ActivationName, BiasName, FloatDType, IncludeName, LossName, ReductionName
 
 MAX_LAYERS = 64
 """Layers of one network. Compiling 64 layers (float32, XLA, intermediates and input_gradients) takes 2.5–5 s
@@ -87,23 +67,13 @@ class Layer(BaseModel):
     )
 
 
-def _decoded_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """Labels the parser read straight into numpy from a large body (`service.codec.parse`): a vector of
-    whole numbers is what the list of ints would become; anything else is checked as the JSON it was."""
-    if isinstance(value, np.ndarray):
-        if value.ndim == 1 and value.dtype.kind == "i":
-            return value
-        return handler(value.tolist())
-    return handler(value)
-
-
 class NetworkRequest(BaseModel):
     """A stack of dense layers applied to one sample or a batch, with a loss and what to report."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one sample or (batch, n).")
-    labels: Annotated[StrictInt | list[StrictInt] | None, WrapValidator(_decoded_labels)] = Field(
+    labels: StrictInt | list[StrictInt] | None = Field(
         default=None,
         description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
         "use `targets`. Exactly one of labels, targets.",
@@ -120,7 +90,7 @@ class NetworkRequest(BaseModel):
         f"local_gradients or jacobians). Each layer's z = W·x_B holds samples × units elements, at most "
         f"{MAX_TENSOR_ELEMENTS:,}; every layer's z and Jacobians together at most {MAX_NETWORK_ELEMENTS:,}.",
     )
-    bias: Literal["augmented", "none"] = Field(
+    bias: BiasName = Field(
         default="augmented",
         description="augmented: each layer input gets a constant 1 appended (x_B = [x; 1]).",
     )

@@ -24,5 +24,11 @@ async def get_worker(request: Request) -> Worker:
     return worker
 
 
+async def get_http_warm(request: Request) -> bool:
+    """Whether the app's own warm-up requests are done (see `service.app`)."""
+    return bool(request.app.state.http_warm)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
+HttpWarmDep = Annotated[bool, Depends(get_http_warm)]

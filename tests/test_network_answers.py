@@ -8,18 +8,22 @@ answers are meant to change.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 from schemas.networks import SEED_REQUEST
 from service.app import create_app
+from service.deps import get_worker
 from service.settings import Settings
 from tests.conftest import wait_ready
 
@@ -125,6 +129,78 @@ def test_the_networks_route_answers_the_recorded_cases_byte_for_byte() -> None:
     assert [answer["request"] for answer in now] == [answer["request"] for answer in recorded]
     for case, (answer, before) in enumerate(zip(now, recorded, strict=True)):
         assert answer == before, f"case {case} answers differently"
+
+
+def test_other_methods_and_a_trailing_slash_go_through_the_router(client: TestClient) -> None:
+    assert client.get(GRADIENTS).status_code == 405
+    assert client.put(GRADIENTS, json=SEED_REQUEST).status_code == 405
+    redirected = client.post(GRADIENTS + "/", json=SEED_REQUEST, follow_redirects=False)
+    assert redirected.status_code == 307 and redirected.headers["location"].endswith(GRADIENTS)
+
+
+class _BrokenWorker:
+    pinned_device = "/device:CPU:0"
+
+    async def run(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internal state")
+
+    async def network_gradients(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internal state")
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(cpu_logical_devices=2, warmup=False)
+
+
+def test_an_unexpected_error_in_the_networks_route_is_a_logged_500_problem(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(Settings(cpu_logical_devices=2, warmup=False))
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.INFO):
+        app.dependency_overrides[get_worker] = _BrokenWorker
+        response = client.post(GRADIENTS, json=SEED_REQUEST, headers={"X-Request-ID": "incident-9"})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["request_id"] == "incident-9" == response.headers["x-request-id"]
+    assert "secret internal state" not in response.text
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any(record.__dict__.get("request_id") == "incident-9" and record.exc_info for record in errors)
+    assert f'tapeserve_http_requests_total{{method="POST",route="{GRADIENTS}",status="500"}} 1.0' in metrics
+
+
+def test_a_client_that_leaves_mid_body_gets_no_answer_and_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(Settings(cpu_logical_devices=2, warmup=False))
+    messages = [{"type": "http.request", "body": b'{"features": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": GRADIENTS,
+        "raw_path": GRADIENTS.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def leave_mid_body() -> None:
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(leave_mid_body())
+    assert sent == []
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 if __name__ == "__main__":
