@@ -19,17 +19,15 @@ from schemas.tensors import LIMIT_ERROR, ResponseEncoding, TensorIn, TensorOut, 
 from service.vocabulary import ActivationName, BiasName, FloatDType, IncludeName, LossName, ReductionName
 
 MAX_LAYERS = 64
-"""Layers of one network. Compiling 64 layers (float32, XLA, intermediates and input_gradients) takes 2.5–5 s
-on two cores."""
+"""Layers of one network (what compiling that many costs: README, Performance)."""
 MAX_LAYERS_WITH_LOCAL_GRADIENTS = 8
 """Layers of a network that asks for local_gradients or jacobians: each layer's tape.gradient and
 batch_jacobian walk back through every layer before it, so compiling grows with the square of the depth
-(8 layers with every include: 3–5 s on two cores; 16: 10 s; 64: minutes, on a worker that cannot be
-interrupted)."""
+(README, Performance)."""
 MAX_JACOBIAN_ROWS = 1024
 """Samples × units of any layer of a request that asks for jacobians: batch_jacobian differentiates each of
-the layer's samples × units outputs (vectorised over them), and compiling that grows with their square;
-8 layers of 256 samples × 4 units compile in about 4 s, of 256 × 18 in 10 s, of 8,192 × 4 in 30 s."""
+the layer's samples × units outputs (vectorised over them), and compiling that grows with their square
+(README, Performance)."""
 MAX_TENSOR_ELEMENTS = 4_194_304
 """Elements of any one tensor the network makes (z and a of a layer, a Jacobian): the default
 TAPESERVE_MAX_ELEMENTS, which bounds the tensors a request sends."""

@@ -176,8 +176,8 @@ def _request_id(request: Request) -> str:
 
 def new_request_id() -> str:
     """32 random hex digits, like `uuid.uuid4().hex`. An id needs to be unique, not unguessable: `random`
-    (seeded from the OS, reseeded in forked children) makes one in ~0.3 µs with no system call, where
-    `os.urandom` releases the GIL for one, and the event loop then waits to get it back."""
+    (seeded from the OS, reseeded in forked children) makes one with no system call, where `os.urandom`
+    releases the GIL for one, and the event loop then waits to get it back."""
     return f"{random.getrandbits(128):032x}"
 
 

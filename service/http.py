@@ -114,12 +114,12 @@ class ParsedBody(Generic[M]):
     arrays: dict[str, np.ndarray]
 
 
-@dataclass(frozen=True, eq=False)  # hashed by identity: FastAPI caches a dependency's value under it
+@dataclass(frozen=True)
 class JSONBody(Generic[M]):
-    """The JSON body of a route that reads it itself, as a dependency (`Annotated[ParsedBody[M],
-    Depends(body)]`), so that large numeric arrays can skip the nested lists: strict JSON, the `arrays` fields
-    as the codec's fast parser reads them (see `codec.parse`), validated by `model` with FastAPI's locations.
-    `openapi` documents the body as FastAPI documents a `model` parameter (the route's `openapi_extra`)."""
+    """The JSON body of a route that reads it itself (`await body.read(request)`), so
+    that large numeric arrays can skip the nested lists: strict JSON, the `arrays` fields as the codec's
+    fast parser reads them (see `codec.parse`), validated by `model` with FastAPI's locations. `openapi`
+    documents the body as FastAPI documents a `model` parameter (the route's `openapi_extra`)."""
 
     model: type[M]
     arrays: Mapping[str, codec.ArrayField] = field(default_factory=dict)

@@ -147,10 +147,6 @@ class _BrokenWorker:
     async def network_gradients(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("secret internal state")
 
-    @property
-    def settings(self) -> Settings:
-        return Settings(cpu_logical_devices=2, warmup=False)
-
 
 def test_an_unexpected_error_in_the_networks_route_is_a_logged_500_problem(caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(Settings(cpu_logical_devices=2, warmup=False))
