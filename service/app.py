@@ -16,7 +16,7 @@ from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, TapeserveAPI, call_self
 from service.observability import configure_logging, install_observability
-from service.routes import activations, gradient_check, networks, system, tape
+from service.routes import activations, explanations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(app, access_log=settings.access_log)
     install_docs(app)
     # busiest routes first (FastAPI matches routes in order); the busiest of all also gets the fast lane
-    for module in (networks, system, tape, activations, gradient_check):
+    for module in (networks, system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     app.add_hot_route(networks.HOT_ROUTE)
     return app
