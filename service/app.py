@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from schemas.networks import SEED_REQUEST
 from service import __version__, codec
+from service.adapters.explain import explain_engine
 from service.auth import install_auth
 from service.docs import install_docs
 from service.errors import install_error_handlers
@@ -37,6 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def warm_http(app: FastAPI, worker: Worker) -> None:
         # seed requests through the whole stack, so the first client's request is as fast as the tenth
         await worker.wait_ready()
+        # the seed's explanation compiled before the service says it is ready
+        try:
+            await worker.run(lambda: explain_engine(settings).warmup())
+        except Exception:
+            logger.exception("the explanation warm-up failed; serving anyway")
         headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
         if settings.api_key_list:
             headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
