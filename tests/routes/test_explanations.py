@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -150,3 +151,16 @@ def test_signed_saliency_passes_as_the_claimed_gradient_of_the_explained_output(
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["checks"][0]["claimed"]["passed"] and result["passed"]
+
+
+def test_b64_answer_carries_the_same_attributions(client: TestClient) -> None:
+    features = [SEED_FEATURES, [60.0, 140.0, 36.6], [90.0, 110.0, 38.2]]
+    body = {**SEED_EXPLANATION_REQUEST, "features": features, "dtype": "float64"}
+    nested = post(client, body)["explanations"]
+    packed = post(client, {**body, "response_encoding": "b64"})["explanations"]
+    for plain, raw in zip(nested, packed, strict=True):
+        tensor = raw["attributions"]["features"]
+        assert tensor["shape"] == [3] and tensor["dtype"] == "float64"
+        decoded = np.frombuffer(base64.b64decode(tensor["b64"]), dtype="<f8")
+        np.testing.assert_array_equal(decoded, plain["attributions"]["features"]["values"])
+        assert raw["convergence_delta"] == plain["convergence_delta"]
