@@ -13,6 +13,7 @@ from schemas.networks import SEED_REQUEST
 from service import __version__, codec
 from service.auth import install_auth
 from service.docs import install_docs
+from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, TapeserveAPI, call_self
 from service.observability import configure_logging, install_observability
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)
