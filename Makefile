@@ -36,8 +36,10 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# the performance table, then the fault scenarios (replicas behind real nginx) into README's table
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.faults
 
 # Re-resolve requirements.in into the lock file (needs the package registry).
 lock:

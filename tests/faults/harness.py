@@ -225,8 +225,7 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        if not os.environ.get("FAULTS_KEEP"):
-            shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def errors(self) -> str:
         return (self.directory / "error.log").read_text(errors="replace")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,7 +63,7 @@ def http_request(path: str, payload: dict[str, Any]) -> tuple[bytes, bytes]:
 def network_call(variant: int) -> Call:
     """The seed network; variant 0 is the seed's own sample, the others move it. dL/dW = (a − y) ⊗ x_B."""
     features = np.asarray(SEED_FEATURES) + variant * np.array([0.5, -1.0, 0.05])
-    label = 1 if variant % 3 else 0
+    label = 0 if variant % 3 == 1 else 1  # the seed (variant 0) is labelled 1
     x_b = np.append(features, 1.0)
     z = np.asarray(SEED_WEIGHTS) @ x_b
     a = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
@@ -149,6 +150,8 @@ class Outcome:
 class Recorder:
     origin: float = field(default_factory=time.monotonic)
     outcomes: list[Outcome] = field(default_factory=list)
+    run: str = field(default_factory=lambda: secrets.token_hex(4))
+    """Prefix of this run's request ids, so that nginx's log of an earlier scenario cannot be mistaken for it."""
 
     def now(self) -> float:
         return time.monotonic() - self.origin
@@ -226,7 +229,7 @@ async def connection(
     try:
         while not until():
             call = calls[(number * 7 + turn) % len(calls)]
-            request_id = f"{group}-{number}-{turn}"
+            request_id = f"{recorder.run}-{group}-{number}-{turn}"
             turn += 1
             started = recorder.now()
             correct = False
