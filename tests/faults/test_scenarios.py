@@ -5,13 +5,15 @@ and is back to normal at once, (d) keeps real requests' latency while slow clien
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 from collections.abc import Iterator
 
 import pytest
 
 from tests.faults import scenarios
-from tests.faults.harness import DEPLOY
+from tests.faults.harness import DEPLOY, HOST, Nginx, free_port
 from tests.faults.scenarios import SHORT, Cluster, Result
 from tests.faults.traffic import README_SEED_LOSS, network_call, tape_call
 
@@ -65,6 +67,24 @@ def test_the_harness_runs_the_shipped_nginx_conf_unchanged(cluster: Cluster) -> 
         assert (nginx.directory / "nginx.conf").read_bytes() == (DEPLOY / "nginx.conf").read_bytes()
     upstream = (cluster.balancer.directory / "tapeserve-upstream.conf").read_text()
     assert all(f"server {replica.address};" in upstream for replica in cluster.replicas)
+
+
+def test_no_replica_answering_is_a_problem_json_503(cluster: Cluster) -> None:
+    # nginx in front of a port nothing listens on: its own error page, in the service's problem shape
+    nothing = Nginx(cluster.balancer.binary, [f"{HOST}:{free_port()}"])
+    nothing.start()
+    try:
+        connection = http.client.HTTPConnection(HOST, nothing.port, timeout=30)
+        connection.request("POST", "/v1/tape", body=b"{}", headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        problem = json.loads(response.read())
+        connection.close()
+    finally:
+        nothing.stop()
+    assert response.status == 503
+    assert response.getheader("content-type") == "application/problem+json"
+    assert response.getheader("retry-after") == "5"
+    assert problem["status"] == 503 and problem["type"].endswith("/not-ready")
 
 
 def test_a_crashed_replica_loses_no_request(cluster: Cluster) -> None:
