@@ -14,6 +14,7 @@ from service import __version__, codec
 from service.adapters.explain import explain_engine
 from service.auth import install_auth
 from service.docs import install_docs
+from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, TapeserveAPI, call_self
 from service.observability import configure_logging, install_observability
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)

@@ -21,10 +21,12 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: 200 once the worker is warm, 503 before",
-    responses={503: {"model": Readiness, "description": "Still starting"}},
+    summary="Readiness: 200 once the worker is warm, 503 before and after SIGTERM",
+    responses={503: {"model": Readiness, "description": "Still starting, or draining after SIGTERM"}},
 )
 async def readyz(worker: WorkerDep, request: Request) -> JSONResponse:
+    if request.app.state.drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
     if worker.ready and request.app.state.http_warm:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
