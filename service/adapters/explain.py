@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,7 @@ def _options(body: NetworkExplanationRequest) -> ExplainOptions:
 
 
 def decode_network_explanation(
-    body: NetworkExplanationRequest, max_elements: int, png: bool = False
+    body: NetworkExplanationRequest, max_elements: int, png: bool = False, stop_at: float | None = None
 ) -> NetworkExplanation:
     """The body's tensors as numpy arrays in its dtype, checked against each other by the compute layer."""
 
@@ -65,7 +66,7 @@ def decode_network_explanation(
             f"a PNG draws at most {MAX_PANELS} instances, one panel each; got {job.attribution.instances}: send "
             "fewer instances or ask for JSON",
         )
-    return job
+    return dataclasses.replace(job, stop_at=stop_at)
 
 
 def _number(value: Any) -> float | str:

@@ -76,8 +76,8 @@ async def network_explanations(
     renderer: Annotated[PlotRenderer, Depends(get_plot_renderer)],
 ) -> Response:
     png = wants_png(request.headers.get("accept", ""))
-    job = decode_network_explanation(body, settings.max_elements, png=png)
     deadline = worker.deadline()
+    job = decode_network_explanation(body, settings.max_elements, png=png, stop_at=deadline)
     (result,) = [await worker.run_merged(job.merge_key, job, lambda jobs: explain_engine(settings).run(jobs), deadline)]
     if not png:
         document = encode_explanation(

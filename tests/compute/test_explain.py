@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from service.compute.errors import InvalidInput
+from service.compute.errors import InvalidInput, LimitExceeded
 from service.compute.explain.engine import ExplainEngine, ExplanationResult
 from service.compute.explain.network import prepare_network_explanation
 from service.compute.explain.prepare import ExplainOptions
@@ -345,3 +347,14 @@ def test_too_many_points_for_the_element_limit() -> None:
     with pytest.raises(InvalidInput) as caught:
         explain(X, steps=1024, max_elements=10_000)
     assert caught.value.loc == ("steps",)
+
+
+def test_a_split_computation_stops_between_calls_past_its_deadline() -> None:
+    features = rng.normal(size=(9, 4))
+    job = prepare_network_explanation(features, weights=[W1, W2], activations=ACTIVATIONS, dtype="float64")
+    late = dataclasses.replace(job, stop_at=time.monotonic() - 1)
+    chunked = ExplainEngine(50 * 7 * 3)
+    with pytest.raises(LimitExceeded):
+        chunked.run([late])
+    assert chunked.calls == 1  # the first call runs (the worker drops jobs late before they start), no more
+    assert len(ExplainEngine(4_194_304).run([late])[0].classes) == 9  # one call: nothing to stop between

@@ -8,6 +8,7 @@ only where TAPESERVE_MAX_ELEMENTS demands: by requests first, then by instances.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation, NetworkStructure
 from service.compute.networks import _activate
@@ -185,7 +187,12 @@ class ExplainEngine:
         counts = [job.attribution.instances for job in jobs]
         per_instance = jobs[0].evaluation.evaluations * (jobs[0].structure.widest + 1)
         pieces: list[list[dict[str, Array]]] = [[] for _ in jobs]
-        for parts, rows in plan_calls(counts, per_instance, self.max_elements):
+        deadlines = [job.stop_at for job in jobs]
+        stop_at = None if None in deadlines else max(d for d in deadlines if d is not None)
+        for index, (parts, rows) in enumerate(plan_calls(counts, per_instance, self.max_elements)):
+            if index and stop_at is not None and time.monotonic() > stop_at:
+                # every merged request already has its 504; this only frees the worker
+                raise LimitExceeded("the explanation ran past the request's deadline", ())
             self.calls += 1
             for (job_index, _, _), outputs in zip(parts, compiled(jobs, parts, rows), strict=True):
                 pieces[job_index].append(outputs)

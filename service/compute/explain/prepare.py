@@ -291,6 +291,8 @@ class NetworkExplanation:
     attribution: AttributionInputs
     single: bool
     """The features were one instance of shape (n,): answers drop the instance axis."""
+    stop_at: float | None = None
+    """Monotonic deadline: a computation split into several calls stops between them once it has passed."""
 
     @property
     def merge_key(self) -> tuple[Any, ...]:
