@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from matplotlib import image as mpimg
 
 from schemas.explain import SEED_EXPLANATION_REQUEST, ExplanationResponse
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS
+from tests.blocking import BlockedWorker, wait_until
+from tests.conftest import make_client
 
 URL = "/v1/networks/explanations"
 
@@ -164,3 +167,30 @@ def test_b64_answer_carries_the_same_attributions(client: TestClient) -> None:
         decoded = np.frombuffer(base64.b64decode(tensor["b64"]), dtype="<f8")
         np.testing.assert_array_equal(decoded, plain["attributions"]["features"]["values"])
         assert raw["convergence_delta"] == plain["convergence_delta"]
+
+
+def test_concurrent_requests_merge_into_one_call_and_answer_as_alone() -> None:
+    bodies = [
+        {
+            **SEED_EXPLANATION_REQUEST,
+            "dtype": "float64",
+            "layers": [{"weights": (np.array(SEED_WEIGHTS) * scale).tolist(), "activation": "softmax"}],
+        }
+        for scale in (0.5, 1.0, 1.5, 2.0)
+    ]
+    with make_client() as client:
+        blocked = BlockedWorker(client)
+        blocked.occupy()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client.post, URL, json=body) for body in bodies]
+            wait_until(lambda: blocked.worker.queue_depth == 4)
+            blocked.release.set()
+            merged = [future.result().json() for future in futures]
+        assert blocked.worker.stats.batch_sizes.get(4) == 1
+        for body, answer in zip(bodies, merged, strict=True):
+            alone = post(client, body)
+            np.testing.assert_allclose(
+                answer["explanations"][0]["attributions"]["features"]["values"],
+                alone["explanations"][0]["attributions"]["features"]["values"],
+                rtol=1e-12,
+            )
