@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.drain import Drain
 from service.settings import Settings
 from service.worker import Worker
 
@@ -29,6 +30,13 @@ async def get_http_warm(request: Request) -> bool:
     return bool(request.app.state.http_warm)
 
 
+async def get_drain(request: Request) -> Drain:
+    """The app's drain state: set by SIGTERM (see `service.drain`)."""
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 HttpWarmDep = Annotated[bool, Depends(get_http_warm)]
+DrainDep = Annotated[Drain, Depends(get_drain)]

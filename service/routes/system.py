@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
 from schemas.tensors import MAX_RANK
 from service import __version__
-from service.deps import HttpWarmDep, SettingsDep, WorkerDep
+from service.deps import DrainDep, HttpWarmDep, SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, json_response
 
 router = APIRouter(tags=["service"])
@@ -21,10 +21,12 @@ async def healthz() -> JSONBytesResponse:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: 200 once the worker is warm, 503 before",
-    responses={503: {"model": Readiness, "description": "Still starting"}},
+    summary="Readiness: 200 once the worker is warm, 503 before and after SIGTERM",
+    responses={503: {"model": Readiness, "description": "Still starting, or draining after SIGTERM"}},
 )
-async def readyz(worker: WorkerDep, http_warm: HttpWarmDep) -> JSONBytesResponse:
+async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep) -> JSONBytesResponse:
+    if drain.draining:
+        return json_response(Readiness(status="draining"), status_code=503, headers={"Retry-After": "1"})
     if worker.ready and http_warm:
         return json_response(Readiness(status="ready"))
     return json_response(Readiness(status="starting"), status_code=503, headers={"Retry-After": "1"})
