@@ -501,13 +501,20 @@ def _rowwise(function: Callable[[Any], Any], z: Any) -> Any:
     return function(tf.pad(z, ((0, 0), (0, rows - batch), (0, 0))))[:, :batch]
 
 
-def _activate(name: str, z_rows: Any, alpha_rows: Any, batch: int) -> Any:
-    """Activation `name` on z_rows (R·B, u), one row per sample; `alpha_rows` (R·B, 1) are leaky_relu's
-    slopes, one per request."""
+def _activate(name: str, z_rows: Any, alpha_rows: Any) -> Any:
+    """Activation `name` on z_rows; `alpha_rows` (broadcast against z_rows) are leaky_relu's slopes."""
     if name == "leaky_relu":
         # alpha varies per merged request, and tf.nn.leaky_relu only takes a Python float; same kink
         # convention (slope alpha at z = 0)
         return tf.where(z_rows > 0, z_rows, alpha_rows * z_rows)
+    return ACTIVATION_FUNCTIONS[name](z_rows, DEFAULT_ALPHA)
+
+
+def _activate_packed(name: str, z_rows: Any, alpha_rows: Any, batch: int) -> Any:
+    """`_activate` on z_rows (R·B, u), one row per sample, each request's values in whole SIMD packets
+    (see `_lanewise`): a request's activations come out the same alone or merged."""
+    if name == "leaky_relu":  # no rounding to speak of: compares and products only
+        return _activate(name, z_rows, alpha_rows)
     function = ACTIVATION_FUNCTIONS[name]
     units = z_rows.shape[-1]
     z = tf.reshape(z_rows, (-1, batch, units))
@@ -518,6 +525,11 @@ def _activate(name: str, z_rows: Any, alpha_rows: Any, batch: int) -> Any:
     return tf.reshape(a, (-1, units))
 
 
+_PARALLEL_PRODUCT = 128 * 128
+"""TensorFlow's CPU BatchMatMul parallelises inside each product above this cost (rows × inner × columns),
+whatever the batch size (kMaxCostOuterParallelism in batch_matmul_op_impl.h)."""
+
+
 def _per_request_matmul(x: Any, w: Any) -> Any:
     """x (R, B, c) times w (R, u, c) transposed: (R, B, u), each request's product computed alike for every R.
 
@@ -525,10 +537,12 @@ def _per_request_matmul(x: Any, w: Any) -> Any:
     (Eigen's contraction, parallel inside the matrix) than a batch of several small ones (one matrix
     product per thread), and the two round differently: a request alone and the same request merged
     would differ in the last bits. Multiplying each request's two halves of rows as two products makes
-    the batch 2R, never one. With one row (B = 1) TensorFlow uses the per-thread kernel for any batch.
+    the batch 2R, never one. TensorFlow uses one kernel for every batch size when a matrix has one row
+    (B = 1, the per-thread kernel) or the product costs more than `_PARALLEL_PRODUCT` multiply-adds (the
+    contraction): such products are left whole.
     """
     batch, columns = x.shape[1:]
-    if batch == 1:
+    if batch == 1 or batch * columns * w.shape[1] > _PARALLEL_PRODUCT:
         return tf.linalg.matmul(x, w, transpose_b=True)
     halves = tf.reshape(x, (-1, 2, batch // 2, columns))
     z = tf.linalg.matmul(halves, w[:, None], transpose_b=True)
@@ -579,7 +593,7 @@ def _network_outputs(spec: NetworkSpec, unpacked: dict[str, Any]) -> dict[str, A
             alpha_rows = None
             if name == "leaky_relu":
                 alpha_rows = tf.reshape(tf.repeat(alphas[:, i], batch), (-1, 1))
-            a_rows = _activate(name, z_rows, alpha_rows, batch)
+            a_rows = _activate_packed(name, z_rows, alpha_rows, batch)
             a = tf.reshape(a_rows, tf.shape(z))
             if "jacobians" in includes:
                 # (R, B*u) against W (R, u, c): requests are independent, so batch_jacobian is exact

@@ -14,6 +14,7 @@ from service.compute.errors import InvalidInput
 from service.compute.networks import (
     INCLUDES,
     FloatDType,
+    Loss,
     NetworkEngine,
     NetworkProblem,
     NetworkResult,
@@ -465,7 +466,7 @@ def test_merged_requests_equal_each_request_alone_bit_for_bit(activation: str) -
                 weights=[rng.normal(size=(5, 4)), rng.normal(size=(3, 6))],
                 activations=[activation, last],
                 alphas=[0.1 * samples if activation == "leaky_relu" else None, None],
-                loss=loss,
+                loss=cast(Loss, loss),
                 reduction="mean",
                 dtype=cast(FloatDType, dtype),
                 includes=ALL,
