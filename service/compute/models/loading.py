@@ -127,13 +127,14 @@ def _load_keras(path: pathlib.Path) -> ServedModel:
             return dict(zip(output_names, result, strict=True))
         return {output_names[0]: result}
 
-    variables = list(model.trainable_variables)
+    keras_variables = list(model.trainable_variables)
     return ServedModel(
         kind="keras",
         signatures={DEFAULT_SIGNATURE: signature},
         calls={DEFAULT_SIGNATURE: call},
-        variables={DEFAULT_SIGNATURE: variables},
-        variable_names={DEFAULT_SIGNATURE: [variable.path for variable in variables]},
+        # the tf.Variable behind each Keras variable: what a tape watches
+        variables={DEFAULT_SIGNATURE: [variable.value for variable in keras_variables]},
+        variable_names={DEFAULT_SIGNATURE: [variable.path for variable in keras_variables]},
         handle=model,
     )
 
