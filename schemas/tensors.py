@@ -8,20 +8,20 @@ name the exact location of a bad value.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-DType = Literal["float32", "float64", "int32", "int64"]
-FloatDType = Literal["float32", "float64"]
-ResponseEncoding = Literal["nested", "b64"]
+from service.vocabulary import DTYPES, DTypeName, EncodingName
+
+DType = DTypeName
+ResponseEncoding = EncodingName
 
 TENSOR_JSON_SCHEMA: dict[str, Any] = {
     "title": "Tensor",
     "description": (
         "A number (rank 0), rectangular nested arrays, `{shape, data, dtype?}` (row-major), or "
-        "`{shape, dtype?, b64}` (little-endian raw bytes, row-major). dtype: float32, float64, int32, int64. "
+        f"`{{shape, dtype?, b64}}` (little-endian raw bytes, row-major). dtype: {', '.join(DTYPES)}. "
         "NaN and Infinity are rejected."
     ),
     "anyOf": [
@@ -39,7 +39,7 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
             "properties": {
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 8},
                 "data": {"type": "array", "items": {"type": "number"}},
-                "dtype": {"enum": ["float32", "float64", "int32", "int64"]},
+                "dtype": {"enum": list(DTYPES)},
             },
         },
         {
@@ -50,7 +50,7 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
             "properties": {
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 8},
                 "b64": {"type": "string", "contentEncoding": "base64"},
-                "dtype": {"enum": ["float32", "float64", "int32", "int64"]},
+                "dtype": {"enum": list(DTYPES)},
             },
         },
     ],
@@ -71,8 +71,6 @@ def declared_shape(value: Any) -> tuple[int, ...] | None:
         return None
     if isinstance(value, int | float):
         return ()
-    if isinstance(value, np.ndarray):  # read straight from a large body (service.codec.parse)
-        return tuple(value.shape)
     if isinstance(value, list):
         shape: list[int] = []
         node: Any = value
