@@ -69,7 +69,11 @@ def refused(port: int) -> bool:
 
 def test_sigterm_drains_then_exits_0(replica: Replica) -> None:
     base = f"http://{HOST}:{replica.port}"
-    with httpx.Client(base_url=base, timeout=30) as kept, ThreadPoolExecutor(max_workers=12) as pool:
+    with (
+        contextlib.ExitStack() as stack,
+        httpx.Client(base_url=base, timeout=30) as kept,
+        ThreadPoolExecutor(max_workers=12) as pool,
+    ):
         assert kept.get("/readyz").json() == {"status": "ready"}  # a keep-alive connection opened before
         sigterm = time.monotonic()
         replica.terminate()
@@ -84,10 +88,14 @@ def test_sigterm_drains_then_exits_0(replica: Replica) -> None:
         assert httpx.get(base + "/healthz", timeout=5).status_code == 200
 
         # just before the listener closes: a body that will still be arriving, and computations queued behind
-        # one another, all of them in flight when it does
+        # one another, all of them in flight when it does; their connections are opened (and their clients
+        # built) during the grace period, so that on a loaded machine no request is still connecting then
+        clients = [stack.enter_context(httpx.Client(base_url=base, timeout=60)) for _ in range(10)]
+        for client in clients:
+            assert client.get("/healthz").status_code == 200
         time.sleep(max(sigterm + GRACE_S - 0.6 - time.monotonic(), 0))
         trickle: Future[tuple[int, bytes]] = pool.submit(trickled_seed, replica.port, 1.5)
-        heavy = [pool.submit(httpx.post, base + "/v1/tape", json=HEAVY_TAPE, timeout=60) for _ in range(10)]
+        heavy = [pool.submit(client.post, "/v1/tape", json=HEAVY_TAPE) for client in clients]
         time.sleep(max(sigterm + GRACE_S + 0.4 - time.monotonic(), 0))
         assert refused(replica.port), "the listener is still open after the grace period"
         assert not trickle.done()
