@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,7 +11,10 @@ from schemas.tape import SEED_PROGRAM, TapeRequest
 from schemas.tensors import FloatDType, ResponseEncoding, TensorIn, TensorOut
 
 Verdict = Literal["excellent", "acceptable", "suspicious", "wrong"]
-JSONFloat = float | Literal["NaN", "Infinity", "-Infinity"]
+JSONFloat = (
+    Annotated[float, Field(title="Finite")]
+    | Annotated[Literal["NaN", "Infinity", "-Infinity"], Field(title="NonFinite")]
+)
 """A number, or a non-finite one written as the protobuf JSON strings (API.md §1)."""
 
 SEED_NETWORK_CHECK: dict[str, Any] = {

@@ -103,7 +103,10 @@ class NetworkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one sample or (batch, n).")
-    labels: Annotated[StrictInt | list[StrictInt] | None, WrapValidator(_decoded_labels)] = Field(
+    labels: Annotated[
+        Annotated[StrictInt, Field(title="Label")] | Annotated[list[StrictInt], Field(title="Labels")] | None,
+        WrapValidator(_decoded_labels),
+    ] = Field(
         default=None,
         description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
         "use `targets`. Exactly one of labels, targets.",

@@ -16,6 +16,7 @@ from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, TapeserveAPI, call_self
 from service.observability import configure_logging, install_observability
+from service.openapi import install_openapi, operation_id
 from service.routes import activations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # install_docs serves both pages with local assets
         redoc_url=None,
+        generate_unique_id_function=operation_id,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
     install_docs(app)
+    install_openapi(app)
     # busiest routes first (FastAPI matches routes in order); the busiest of all also gets the fast lane
     for module in (networks, system, tape, activations, gradient_check):
         app.include_router(module.router)
