@@ -10,7 +10,7 @@ export TAPESERVE_HOST TAPESERVE_PORT
 # quiet TensorFlow's C++ start-up chatter; real errors still print
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test lint typecheck unit bench lock clean
+.PHONY: install run test lint typecheck unit bench bench-explain lock clean
 
 install: $(STAMP)
 
@@ -36,8 +36,14 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# the performance table, then the fault scenarios (replicas behind real nginx) into README's table
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.faults
+
+# explanations of a posted network against /v1/networks/gradients, a tutorial-style loop and one tf.function
+bench-explain: $(STAMP)
+	$(BIN)/python -m bench.explain
 
 # Re-resolve requirements.in into the lock file (needs the package registry).
 lock:

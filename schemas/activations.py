@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
-from schemas.networks import ActivationName
-from schemas.tensors import FloatDType, ResponseEncoding, TensorIn, TensorOut
+from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
+from service.vocabulary import ACTIVATIONS, DEFAULT_ALPHA, ActivationName, FloatDType
 
-ACTIVATION_NAMES: tuple[str, ...] = get_args(ActivationName)
+ACTIVATION_NAMES: tuple[str, ...] = ACTIVATIONS
 SEED_ACTIVATIONS: tuple[ActivationName, ...] = ("sigmoid", "tanh", "relu", "leaky_relu")
 """The four activations the seed plots."""
-DEFAULT_ALPHA = 0.01
-"""The seed's leaky-ReLU slope (tf.nn.leaky_relu's own default is 0.2)."""
 MAX_GRID_POINTS = 100_001
 """Most points of z one request evaluates (also bounded by TAPESERVE_MAX_ELEMENTS)."""
 FLOAT32_MAX = 3.4028234663852886e38

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS, NetworkRequest
 from schemas.tape import SEED_PROGRAM, TapeRequest
-from schemas.tensors import FloatDType, ResponseEncoding, TensorIn, TensorOut
+from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
+from service.vocabulary import FloatDType
 
 Verdict = Literal["excellent", "acceptable", "suspicious", "wrong"]
 JSONFloat = (

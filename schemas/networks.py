@@ -2,54 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictInt,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.tensors import LIMIT_ERROR, FloatDType, ResponseEncoding, TensorIn, TensorOut, declared_shape
-
-ActivationName = Literal[
-    "linear",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "gelu",
-    "softplus",
-    "swish",
-    "softmax",
-    "log_softmax",
-]
-LossName = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
-ReductionName = Literal["sum", "mean", "none"]
-IncludeName = Literal["intermediates", "local_gradients", "jacobians", "input_gradients"]
+from schemas.tensors import LIMIT_ERROR, ResponseEncoding, TensorIn, TensorOut, declared_shape
+from service.vocabulary import ActivationName, BiasName, FloatDType, IncludeName, LossName, ReductionName
 
 MAX_LAYERS = 64
-"""Layers of one network. Compiling 64 layers (float32, XLA, intermediates and input_gradients) takes 2.5–5 s
-on two cores."""
+"""Layers of one network (what compiling that many costs: README, Performance)."""
 MAX_LAYERS_WITH_LOCAL_GRADIENTS = 8
 """Layers of a network that asks for local_gradients or jacobians: each layer's tape.gradient and
 batch_jacobian walk back through every layer before it, so compiling grows with the square of the depth
-(8 layers with every include: 3–5 s on two cores; 16: 10 s; 64: minutes, on a worker that cannot be
-interrupted)."""
+(README, Performance)."""
 MAX_JACOBIAN_ROWS = 1024
 """Samples × units of any layer of a request that asks for jacobians: batch_jacobian differentiates each of
-the layer's samples × units outputs (vectorised over them), and compiling that grows with their square;
-8 layers of 256 samples × 4 units compile in about 4 s, of 256 × 18 in 10 s, of 8,192 × 4 in 30 s."""
+the layer's samples × units outputs (vectorised over them), and compiling that grows with their square
+(README, Performance)."""
 MAX_TENSOR_ELEMENTS = 4_194_304
 """Elements of any one tensor the network makes (z and a of a layer, a Jacobian): the default
 TAPESERVE_MAX_ELEMENTS, which bounds the tensors a request sends."""
@@ -87,29 +65,18 @@ class Layer(BaseModel):
     )
 
 
-def _decoded_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """Labels the parser read straight into numpy from a large body (`service.codec.parse`): a vector of
-    whole numbers is what the list of ints would become; anything else is checked as the JSON it was."""
-    if isinstance(value, np.ndarray):
-        if value.ndim == 1 and value.dtype.kind == "i":
-            return value
-        return handler(value.tolist())
-    return handler(value)
-
-
 class NetworkRequest(BaseModel):
     """A stack of dense layers applied to one sample or a batch, with a loss and what to report."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one sample or (batch, n).")
-    labels: Annotated[
-        Annotated[StrictInt, Field(title="Label")] | Annotated[list[StrictInt], Field(title="Labels")] | None,
-        WrapValidator(_decoded_labels),
-    ] = Field(
-        default=None,
-        description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
-        "use `targets`. Exactly one of labels, targets.",
+    labels: Annotated[StrictInt, Field(title="Label")] | Annotated[list[StrictInt], Field(title="Labels")] | None = (
+        Field(
+            default=None,
+            description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
+            "use `targets`. Exactly one of labels, targets.",
+        )
     )
     targets: TensorIn | None = Field(
         default=None,
@@ -123,7 +90,7 @@ class NetworkRequest(BaseModel):
         f"local_gradients or jacobians). Each layer's z = W·x_B holds samples × units elements, at most "
         f"{MAX_TENSOR_ELEMENTS:,}; every layer's z and Jacobians together at most {MAX_NETWORK_ELEMENTS:,}.",
     )
-    bias: Literal["augmented", "none"] = Field(
+    bias: BiasName = Field(
         default="augmented",
         description="augmented: each layer input gets a constant 1 appended (x_B = [x; 1]).",
     )

@@ -12,7 +12,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "starting"]
+    status: Literal["ready", "starting", "draining"]
 
 
 class Limits(BaseModel):

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.tensors import DType, FloatDType, ResponseEncoding, TensorIn, TensorOut
+from schemas.tensors import DType, ResponseEncoding, TensorIn, TensorOut
+from service.vocabulary import FloatDType
 
 ComputeKind = Literal["gradient", "jacobian", "batch_jacobian", "hessian", "jvp"]
 

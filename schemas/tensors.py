@@ -8,14 +8,14 @@ name the exact location of a bad value.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, RootModel, WithJsonSchema
 
-DType = Literal["float32", "float64", "int32", "int64"]
-FloatDType = Literal["float32", "float64"]
-ResponseEncoding = Literal["nested", "b64"]
+from service.vocabulary import DTypeName, EncodingName
+
+DType = DTypeName
+ResponseEncoding = EncodingName
 
 MAX_RANK = 8
 Shape = Annotated[
@@ -87,8 +87,6 @@ def declared_shape(value: Any) -> tuple[int, ...] | None:
         return None
     if isinstance(value, int | float):
         return ()
-    if isinstance(value, np.ndarray):  # read straight from a large body (service.codec.parse)
-        return tuple(value.shape)
     if isinstance(value, list):
         shape: list[int] = []
         node: Any = value

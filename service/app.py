@@ -11,13 +11,15 @@ from fastapi import FastAPI
 
 from schemas.networks import SEED_REQUEST
 from service import __version__, codec
+from service.adapters.explain import explain_engine
 from service.auth import install_auth
 from service.docs import install_docs
+from service.drain import Drain
 from service.errors import install_error_handlers
-from service.http import RequestContextMiddleware, TapeserveAPI, call_self
+from service.http import RequestContextMiddleware, call_self
 from service.observability import configure_logging, install_observability
 from service.openapi import install_openapi, operation_id
-from service.routes import activations, gradient_check, networks, system, tape
+from service.routes import activations, explanations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -38,6 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def warm_http(app: FastAPI, worker: Worker) -> None:
         # seed requests through the whole stack, so the first client's request is as fast as the tenth
         await worker.wait_ready()
+        # the seed's explanation compiled before the service says it is ready
+        try:
+            await worker.run(lambda: explain_engine(settings).warmup())
+        except Exception:
+            logger.exception("the explanation warm-up failed; serving anyway")
         headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
         if settings.api_key_list:
             headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
@@ -66,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if renderer is not None:
                 renderer.close()
 
-    app = TapeserveAPI(
+    app = FastAPI(
         title="tapeserve",
         version=__version__,
         description=DESCRIPTION,
@@ -77,17 +84,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
+    # busiest routes first (the router tries them in order; /metrics, added above, stays first in OpenAPI)
+    for module in (networks, system, tape, activations, gradient_check, explanations):
+        app.include_router(module.router)
     install_docs(app)
     install_openapi(app)
-    # busiest routes first (FastAPI matches routes in order); the busiest of all also gets the fast lane
-    for module in (networks, system, tape, activations, gradient_check):
-        app.include_router(module.router)
-    app.add_hot_route(networks.HOT_ROUTE)
     return app
 
 

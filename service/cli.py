@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 import uvicorn
 
 from service.app import create_app
+from service.drain import DrainingServer
 from service.observability import configure_logging
 from service.settings import Settings
 
-
-def _write_logs_then_terminate(signum: int, frame: FrameType | None) -> None:
-    logging.shutdown()
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
+STARTUP_FAILURE = 3
+"""uvicorn's exit status when the app or the listener could not start."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,12 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, flush_interval=settings.log_flush_s)
-    # uvicorn shuts down gracefully on SIGTERM and then raises it again under the handler it found at
-    # start; with the default one the process dies before `atexit` writes the batched log lines
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _write_logs_then_terminate)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -50,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
     )
-    return 0
+    # SIGTERM drains (service/drain.py) and ends in exit status 0; `atexit` writes the batched log lines
+    server = DrainingServer(config, app.state.drain, settings.drain_grace_s)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

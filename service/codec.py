@@ -14,7 +14,8 @@ import gc
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -22,22 +23,18 @@ import pybase64
 import simdjson
 
 from schemas.tensors import MAX_RANK, declared_shape
+from service import vocabulary
 from service.errors import LimitExceeded, Loc, ValidationFailed
 
-DTYPES: dict[str, np.dtype[Any]] = {
-    "float32": np.dtype("float32"),
-    "float64": np.dtype("float64"),
-    "int32": np.dtype("int32"),
-    "int64": np.dtype("int64"),
-}
-FLOAT_DTYPES = ("float32", "float64")
+DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name) for name in vocabulary.DTYPES}
+FLOAT_DTYPES = vocabulary.FLOAT_DTYPES
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}  # dtype.name is slow to compute per call
 _FLOAT32 = DTYPES["float32"]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SMALL = 64
 """Tensors up to this many elements are checked in plain Python, which is faster than numpy's calls there."""
 _INT32 = np.iinfo(np.int32)
-Encoding = Literal["nested", "b64"]
+Encoding = vocabulary.EncodingName
 _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
 body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
 """False once the raw request body is known to hold no `true`/`false` literal, so no tensor can hold a
@@ -174,7 +171,7 @@ def _from_object(value: dict[str, Any], loc: Loc, max_elements: int, default: np
         if not isinstance(raw, str):
             raise _reject([*loc, "b64"], "b64 must be a base64 string")
         try:
-            # SIMD, validating the alphabet and padding: ~30x binascii's strict mode on a megabyte
+            # SIMD, validating the alphabet and padding (README, Performance: against binascii)
             buffer = pybase64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
             raise _reject([*loc, "b64"], "not valid base64") from None
@@ -294,14 +291,43 @@ def render(document: Any) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def parse(body: bytes, arrays: Mapping[str, str] | None = None) -> Any:
+@dataclass(frozen=True)
+class ArrayField:
+    """A top-level body field that `parse` may read straight into numpy: a rectangular array of numbers of
+    one of `ranks` and numpy `kinds` ("i" int64 for whole numbers only, "if" float64 too). `tensor` says
+    whether the model declares it a tensor (its stand-in is then a shape-only tensor object) or a list of
+    integers (an empty list stands in); see `set_aside`."""
+
+    kinds: str
+    ranks: tuple[int, ...] = (1, 2)
+    tensor: bool = True
+
+    def takes(self, array: np.ndarray) -> bool:
+        return array.dtype.kind in self.kinds and array.ndim in self.ranks
+
+
+def set_aside(document: Any, arrays: Mapping[str, ArrayField]) -> dict[str, np.ndarray]:
+    """Take the arrays `parse` read straight into numpy out of `document`, leaving each field a JSON stand-in
+    that validates as the array would have (a tensor object of its shape, read by
+    `schemas.tensors.declared_shape`, or an empty list); returns the arrays by field name."""
+    decoded: dict[str, np.ndarray] = {}
+    if not isinstance(document, dict):
+        return decoded
+    for key, spec in arrays.items():
+        value = document.get(key)
+        if isinstance(value, np.ndarray):
+            decoded[key] = value
+            document[key] = {"shape": list(value.shape)} if spec.tensor else []
+    return decoded
+
+
+def parse(body: bytes, arrays: Mapping[str, ArrayField] | None = None) -> Any:
     """Strict JSON: NaN, Infinity and numbers that overflow to infinity are rejected.
 
-    `arrays` maps top-level fields to the numpy kinds they take ("i" int64 for whole numbers only, "if"
-    float64 too): such a field's value, when it is a rectangular array of numbers (rank 1 or 2) of one
-    of those kinds in a body of 64 KiB or more, comes back as the numpy array `decode` would make of it
-    instead of nested lists. A 65,536-sample body is read in ~10 ms instead of ~40. Anything else in
-    such a field, and every other field, is what the plain parse gives.
+    A field of `arrays`, when its value is a rectangular array of numbers that field takes, in a body of
+    64 KiB or more, comes back as the numpy array `decode` would make of it instead of nested lists (see
+    the README's Performance section for what that saves). Anything else in such a field, and every other
+    field, is what the plain parse gives.
 
     Also notes, for this request's context, whether the body could hold a boolean at all.
     """
@@ -324,7 +350,7 @@ def parse(body: bytes, arrays: Mapping[str, str] | None = None) -> Any:
             gc.enable()
 
 
-def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | None:
+def _parse_direct(body: bytes, arrays: Mapping[str, ArrayField]) -> dict[str, Any] | None:
     """`parse` with the `arrays` fields read by simdjson straight into numpy; None wherever the result
     could differ from the plain parse's (the plain parse then runs, and gives its own answer or error).
 
@@ -352,7 +378,7 @@ def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | No
             return None  # a tensor object (base64 or flat data): orjson reads its one long string faster
         if key in arrays and isinstance(value, simdjson.Array):
             decoded = _direct_array(value)
-            if decoded is None or decoded[0].dtype.kind not in arrays[key]:
+            if decoded is None or not arrays[key].takes(decoded[0]):
                 return None
             document[key], opened = decoded
             brackets += opened
@@ -371,7 +397,7 @@ def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | No
                 return None
             booleans = booleans or isinstance(value, bool)
             document[key] = value
-    # counted by numpy: six times faster than bytes.count on a 4 MB body
+    # counted by numpy, which is faster than bytes.count on large bodies
     if np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN_BRACKET) != brackets:
         return None
     body_may_hold_booleans.set(booleans)
@@ -380,7 +406,7 @@ def _parse_direct(body: bytes, arrays: Mapping[str, str]) -> dict[str, Any] | No
 
 def _simdjson_parse(body: bytes) -> Any:
     """`body` parsed by this thread's parser. Reusing one keeps its buffers (and their pages) from one large
-    body to the next: ~8 ms of a 4 MB body's ~32 in the server. Nothing `_parse_direct` returns refers to
+    body to the next (README, Performance). Nothing `_parse_direct` returns refers to
     the parser, so it is free again once that returns; should something still hold on to the last
     document, a new parser takes over. Bodies past 8 MiB get a parser of their own, so that one huge
     body's buffers do not stay."""

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.drain import Drain
 from service.settings import Settings
 from service.worker import Worker
 
@@ -24,5 +25,18 @@ async def get_worker(request: Request) -> Worker:
     return worker
 
 
+async def get_http_warm(request: Request) -> bool:
+    """Whether the app's own warm-up requests are done (see `service.app`)."""
+    return bool(request.app.state.http_warm)
+
+
+async def get_drain(request: Request) -> Drain:
+    """The app's drain state: set by SIGTERM (see `service.drain`)."""
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
+HttpWarmDep = Annotated[bool, Depends(get_http_warm)]
+DrainDep = Annotated[Drain, Depends(get_drain)]

@@ -11,6 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from schemas.tensors import LIMIT_ERROR
@@ -175,8 +176,8 @@ def _request_id(request: Request) -> str:
 
 def new_request_id() -> str:
     """32 random hex digits, like `uuid.uuid4().hex`. An id needs to be unique, not unguessable: `random`
-    (seeded from the OS, reseeded in forked children) makes one in ~0.3 µs with no system call, where
-    `os.urandom` releases the GIL for one, and the event loop then waits to get it back."""
+    (seeded from the OS, reseeded in forked children) makes one with no system call, where `os.urandom`
+    releases the GIL for one, and the event loop then waits to get it back."""
     return f"{random.getrandbits(128):032x}"
 
 
@@ -231,14 +232,17 @@ def as_service_error(exc: Exception) -> ServiceError:
     return InternalError("An unexpected error occurred; quote the request_id when reporting it.")
 
 
-async def handle_exception(request: Request, exc: Exception) -> Response:
-    """The one exception handler, registered for every exception type the app can see."""
+async def handle_exception(request: Request, exc: Exception) -> Response | None:
+    """The one exception handler, registered for every exception type the app can see. A client that left
+    before its body arrived gets nothing: there is nobody to answer, and nothing went wrong here."""
+    if isinstance(exc, ClientDisconnect):
+        return None
     return answer_exception(exc, _request_id(request), request.url.path)
 
 
 def answer_exception(exc: Exception, request_id: str, path: str) -> Response:
     """The problem+json answer to whatever was raised, logged when it is a server error (see
-    `handle_exception`; the fast lane of `service.http` calls this directly)."""
+    `handle_exception`; middlewares that answer before the app call this directly)."""
     error = as_service_error(exc)
     if error.status >= 500:
         # a bug is an error with its traceback; a deadline or a service still starting is a warning
@@ -289,6 +293,7 @@ def install_error_handlers(app: FastAPI) -> None:
         compute_errors.ComputeError,
         RequestValidationError,
         StarletteHTTPException,
+        ClientDisconnect,
         Exception,
     ):
-        app.add_exception_handler(exc_type, handle_exception)
+        app.add_exception_handler(exc_type, handle_exception)  # type: ignore[arg-type]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+import numpy as np
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import codec
@@ -21,7 +21,6 @@ from service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
-    answer_exception,
     new_request_id,
     problem_response,
 )
@@ -37,8 +36,14 @@ class JSONBytesResponse(Response):
     media_type = "application/json"
 
 
-def json_response(document: Any) -> JSONBytesResponse:
-    return JSONBytesResponse(codec.render(document))
+def json_response(
+    document: BaseModel | Mapping[str, Any], status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> JSONBytesResponse:
+    """The one way a route renders its answer: a response model, or a document of its shape (numpy arrays
+    allowed inside), as strict JSON bytes (`codec.render`)."""
+    if isinstance(document, BaseModel):
+        document = document.model_dump(mode="json")
+    return JSONBytesResponse(codec.render(document), status_code=status_code, headers=headers)
 
 
 def _is_json(content_type: str) -> bool:
@@ -46,7 +51,7 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def parse_json_body(body: bytes, content_type: str, arrays: Mapping[str, str] | None = None) -> Any:
+def parse_json_body(body: bytes, content_type: str, arrays: Mapping[str, codec.ArrayField] | None = None) -> Any:
     """A request body as strict JSON (no NaN/Infinity/overflowing numbers); the top-level `arrays`
     fields of a large body may come as numpy arrays (see `codec.parse`).
 
@@ -84,10 +89,13 @@ def validate_body(model: type[M], document: Any) -> M:
 
 
 class StrictJSONRoute(APIRoute):
-    """Parses bodies with strict JSON before FastAPI validates them (see `read_strict_json`)."""
+    """Parses bodies with strict JSON before FastAPI validates them (see `read_strict_json`); a route that
+    reads its body itself (`JSONBody`) declares no body parameter and is left alone."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
 
         async def strict_handler(request: Request) -> Response:
             if request.method in _BODY_METHODS:
@@ -97,98 +105,35 @@ class StrictJSONRoute(APIRoute):
         return strict_handler
 
 
-HotAnswer = Callable[[Any, FastAPI], Awaitable[bytes]]
-"""`answer(body, app)`: the JSON bytes of a 200 answer to a validated body."""
+@dataclass(frozen=True)
+class ParsedBody(Generic[M]):
+    """A validated body, and the fields the parser read straight into numpy (their place in `model` holds a
+    stand-in, see `codec.set_aside`)."""
+
+    model: M
+    arrays: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class HotRoute:
-    """An operation served by the fast lane: `POST path` with a `model` body, answered by `answer`."""
+class JSONBody(Generic[M]):
+    """The JSON body of a route that reads it itself (`await body.read(request)`), so
+    that large numeric arrays can skip the nested lists: strict JSON, the `arrays` fields as the codec's
+    fast parser reads them (see `codec.parse`), validated by `model` with FastAPI's locations. `openapi`
+    documents the body as FastAPI documents a `model` parameter (the route's `openapi_extra`)."""
 
-    path: str
-    model: type[BaseModel]
-    answer: HotAnswer
-    arrays: Mapping[str, str] = field(default_factory=dict)
-    """Top-level tensor fields the model takes as numpy arrays too, with their kinds (see `codec.parse`)."""
+    model: type[M]
+    arrays: Mapping[str, codec.ArrayField] = field(default_factory=dict)
 
+    @property
+    def openapi(self) -> dict[str, Any]:
+        schema = {"$ref": f"#/components/schemas/{self.model.__name__}"}
+        return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
 
-class HotEndpoint:
-    """The raw ASGI endpoint of a hot route: read, parse, validate, answer, send; every error through
-    `answer_exception`, the same function as the app's one exception handler."""
-
-    def __init__(self, app: FastAPI, route: HotRoute) -> None:
-        self.app = app
-        self.route = route
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            chunks: list[bytes] = []
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return  # nobody is left to answer
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            content_type = next((value for name, value in scope["headers"] if name.lower() == b"content-type"), b"")
-            document = parse_json_body(b"".join(chunks), content_type.decode("latin-1"), self.route.arrays)
-            payload = await self.route.answer(validate_body(self.route.model, document), self.app)
-        except Exception as exc:
-            request_id = scope.get("state", {}).get("request_id") or new_request_id()
-            await answer_exception(exc, request_id, scope["path"])(scope, receive, send)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-
-class FastLane:
-    """Sends `POST` requests for a hot route straight to its endpoint, behind the same user middlewares
-    (request ids, limits, auth, metrics, access log) as every other request; everything else goes through
-    the full stack. What it skips is Starlette's and FastAPI's per-request machinery (exception and
-    body-limit middlewares, routing, dependency solving, Request and Response objects): under 64
-    connections the seed request went from ~2,500 to ~3,450 req/s when the lane came in."""
-
-    def __init__(self, app: ASGIApp, lanes: dict[str, tuple[ASGIApp, BaseRoute]]) -> None:
-        self.app = app
-        self.lanes = lanes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lane = self.lanes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if lane is None:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = lane[1]
-        await lane[0](scope, receive, send)
-
-
-class TapeserveAPI(FastAPI):
-    """FastAPI with a fast lane for hot routes (see `FastLane`). Register each hot route as an ordinary
-    route too: that documents it in OpenAPI and answers its other methods (405)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.hot_routes: list[HotRoute] = []
-
-    def add_hot_route(self, route: HotRoute) -> None:
-        self.hot_routes.append(route)
-        self.middleware_stack = None
-
-    def build_middleware_stack(self) -> ASGIApp:
-        lanes: dict[str, tuple[ASGIApp, BaseRoute]] = {}
-        for hot in self.hot_routes:
-            endpoint: ASGIApp = HotEndpoint(self, hot)
-            # in the scope, as the router would put the route it matched: metrics label by its template
-            route = Route(hot.path, endpoint, methods=["POST"])
-            for cls, args, kwargs in reversed(self.user_middleware):
-                endpoint = cls(endpoint, *args, **kwargs)
-            lanes[hot.path] = (endpoint, route)
-        return FastLane(super().build_middleware_stack(), lanes)
+    async def read(self, request: Request) -> ParsedBody[M]:
+        body = await request.body()
+        document = parse_json_body(body, request.headers.get("content-type", ""), self.arrays)
+        arrays = codec.set_aside(document, self.arrays)
+        return ParsedBody(validate_body(self.model, document), arrays)
 
 
 class RequestContextMiddleware:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     queue_limit: int = Field(default=256, ge=1)
     """Jobs waiting for the worker at most (429 beyond)."""
 
+    drain_grace_s: float = Field(default=5.0, ge=0, le=300)
+    """After SIGTERM, how long `/readyz` answers 503 `draining` while new connections are still accepted (so that
+    balancers notice) before the listener closes and requests in flight finish."""
+
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     """Log level of the service's own logs."""
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from service import codec
+from service.adapters.networks import ARRAYS as NETWORK_ARRAYS
 from service.errors import LimitExceeded, ValidationFailed
 
 LIMIT = 1000
@@ -206,7 +207,7 @@ def test_a_large_body_parses_with_the_collector_paused_and_restored() -> None:
 
 # ------------------------------------------------------------------ large bodies read straight into numpy
 
-ARRAYS = {"features": "if", "targets": "if", "labels": "i"}
+ARRAYS = NETWORK_ARRAYS
 ROWS = 4_000  # enough rows for a body past the 64 KiB from which `parse` reads arrays directly
 
 

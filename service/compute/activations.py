@@ -15,10 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from service import vocabulary
 from service.compute.errors import InvalidInput
 
-DEFAULT_ALPHA = 0.01
-"""The seed's leaky-ReLU slope, the default everywhere in the service (tf.nn.leaky_relu's own is 0.2)."""
+DEFAULT_ALPHA = vocabulary.DEFAULT_ALPHA
 
 Activation = Callable[[Any, float], Any]
 
@@ -43,7 +43,7 @@ ELEMENTWISE = frozenset(ACTIVATION_FUNCTIONS) - {"softmax", "log_softmax"}
 SATURATION_THRESHOLD = 1e-3
 """A local gradient below this in magnitude counts as saturated: the backward gradient shrinks 1000-fold."""
 
-COMPUTE_DTYPES = ("float32", "float64")
+COMPUTE_DTYPES = vocabulary.FLOAT_DTYPES
 
 _SUMMED_GRADIENT_NOTE = (
     "Not elementwise: every output depends on every z on the last axis. The gradients reported are "

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,20 +22,21 @@ import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 from tensorflow.python.eager import execute as tf_execute
 
+from service import vocabulary
 from service.compute.activations import ACTIVATION_FUNCTIONS, DEFAULT_ALPHA
 from service.compute.errors import InvalidInput, Loc
 
-Loss = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
-Reduction = Literal["sum", "mean", "none"]
-Include = Literal["intermediates", "local_gradients", "jacobians", "input_gradients"]
-Bias = Literal["augmented", "none"]
-FloatDType = Literal["float32", "float64"]
+Loss = vocabulary.LossName
+Reduction = vocabulary.ReductionName
+Include = vocabulary.IncludeName
+Bias = vocabulary.BiasName
+FloatDType = vocabulary.FloatDType
 
-LOSSES: tuple[str, ...] = get_args(Loss)
-REDUCTIONS: tuple[str, ...] = get_args(Reduction)
-INCLUDES: tuple[str, ...] = get_args(Include)
-BIASES: tuple[str, ...] = get_args(Bias)
-FLOAT_DTYPES: tuple[str, ...] = get_args(FloatDType)
+LOSSES: tuple[str, ...] = vocabulary.LOSSES
+REDUCTIONS: tuple[str, ...] = vocabulary.REDUCTIONS
+INCLUDES: tuple[str, ...] = vocabulary.INCLUDES
+BIASES: tuple[str, ...] = vocabulary.BIASES
+FLOAT_DTYPES: tuple[str, ...] = vocabulary.FLOAT_DTYPES
 
 Array = npt.NDArray[Any]
 

@@ -7,27 +7,24 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from schemas.activations import (
-    MAX_GRID_POINTS,
     ActivationCatalogue,
     ActivationsRequest,
     ActivationsResponse,
-    Grid,
     PlotQuery,
 )
 from schemas.problems import PROBLEM_RESPONSES, QUERY_PROBLEM_RESPONSES
-from service import codec
-from service.compute.activations import CATALOGUE, ActivationCurve, default_grid, evaluate_activations
+from service.adapters import activations as adapt
+from service.compute.activations import default_grid, evaluate_activations
 from service.compute.plots import plot_activations
 from service.deps import SettingsDep, WorkerDep
-from service.errors import DeadlineExceeded, LimitExceeded, Loc, QueueFull
+from service.errors import DeadlineExceeded, QueueFull
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
 
 router = APIRouter(prefix="/v1/activations", tags=["activations"], route_class=StrictJSONRoute)
@@ -101,57 +98,7 @@ async def get_plot_renderer(request: Request) -> PlotRenderer:
     return renderer
 
 
-def _check_points(count: int, max_elements: int, loc: Loc) -> None:
-    limit = min(MAX_GRID_POINTS, max_elements)
-    if count > limit:
-        raise LimitExceeded.at(
-            loc,
-            f"{count:,} points of z exceed the limit of {limit:,} (at most {MAX_GRID_POINTS:,}, and "
-            "TAPESERVE_MAX_ELEMENTS)",
-        )
-
-
-def encode_curves(
-    curves: Sequence[ActivationCurve], z: Any, *, device: str, dtype: str, alpha: float, encoding: codec.Encoding
-) -> dict[str, Any]:
-    return {
-        "device": device,
-        "dtype": dtype,
-        "alpha": alpha,
-        "z": codec.encode(np.asarray(z, dtype=dtype), encoding),
-        "activations": [
-            {
-                "name": curve.name,
-                "values": codec.encode(curve.values, encoding),
-                "gradients": codec.encode(curve.gradients, encoding),
-                "summary": {
-                    "max_abs_gradient": curve.summary.max_abs_gradient,
-                    "argmax_z": curve.summary.argmax_z,
-                    "fraction_attenuating": curve.summary.fraction_attenuating,
-                    "fraction_saturated": curve.summary.fraction_saturated,
-                    "amplifies": curve.summary.amplifies,
-                    "verdict": curve.summary.verdict,
-                },
-            }
-            for curve in curves
-        ],
-    }
-
-
-_CATALOGUE = ActivationCatalogue.model_validate(
-    {
-        "activations": [
-            {
-                "name": info.name,
-                "formula": info.formula,
-                "derivative": info.derivative,
-                "parameters": info.parameters,
-                "notes": info.notes,
-            }
-            for info in CATALOGUE.values()
-        ]
-    }
-)
+_CATALOGUE = ActivationCatalogue.model_validate(adapt.catalogue_document())
 
 
 @router.get(
@@ -159,8 +106,8 @@ _CATALOGUE = ActivationCatalogue.model_validate(
     response_model=ActivationCatalogue,
     summary="The activations the service knows: formula, derivative, parameters",
 )
-async def catalogue() -> ActivationCatalogue:
-    return _CATALOGUE
+async def catalogue() -> JSONBytesResponse:
+    return json_response(_CATALOGUE)
 
 
 @router.post(
@@ -172,16 +119,10 @@ async def catalogue() -> ActivationCatalogue:
     "does the gradient flowing back through it shrink or grow? Each `summary` answers from the numbers.",
 )
 async def activations(body: ActivationsRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
-    if body.z is not None:
-        z = codec.decode(body.z, ("body", "z"), max_elements=settings.max_elements, dtype=body.dtype)
-        _check_points(z.size, settings.max_elements, ("body", "z"))
-    else:
-        grid = body.grid or Grid()
-        _check_points(grid.num, settings.max_elements, ("body", "grid", "num"))
-        z = default_grid(grid.start, grid.stop, grid.num).astype(body.dtype)
+    z = adapt.decode_z(body, settings.max_elements)
     curves = await worker.run(evaluate_activations, body.activations, z, body.alpha, body.dtype)
     return json_response(
-        encode_curves(
+        adapt.encode_curves(
             curves,
             z,
             device=worker.pinned_device,
@@ -214,7 +155,7 @@ async def plot(
     settings: SettingsDep,
     renderer: Annotated[PlotRenderer, Depends(get_plot_renderer)],
 ) -> Response:
-    _check_points(query.num, settings.max_elements, ("query", "num"))
+    adapt.check_points(query.num, settings.max_elements, ("query", "num"))
     names = query.names
     # alpha changes nothing without leaky_relu, so it does not split the cache
     alpha = query.alpha if "leaky_relu" in names else None

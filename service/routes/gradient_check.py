@@ -2,170 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 from fastapi import APIRouter
 
 from schemas.gradient_check import GradientCheckRequest, GradientCheckResponse
-from schemas.networks import NetworkRequest
 from schemas.problems import PROBLEM_RESPONSES
-from schemas.tape import TapeRequest
-from service import codec
-from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape, located_under
-from service.compute.networks import NetworkProblem
-from service.compute.program import ComputeRequest, TapeInput
+from service.adapters import gradient_check as adapt
+from service.compute.gradcheck import GradientCheck
 from service.deps import SettingsDep, WorkerDep
-from service.errors import Loc, ValidationFailed, format_loc
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
-from service.routes.networks import network_problem
 
 router = APIRouter(prefix="/v1", tags=["gradient check"], route_class=StrictJSONRoute)
-
-
-def read_tensor(
-    value: Any, loc: Loc, *, declared: str | None, bytes_dtype: str | None, max_elements: int
-) -> np.ndarray[Any, Any]:
-    """A request tensor as its own endpoint reads it: `declared` dtype, or base64 bytes without one as `bytes_dtype`."""
-    reads_as = declared
-    if reads_as is None and isinstance(value, dict) and "b64" in value and "dtype" not in value:
-        reads_as = bytes_dtype
-    return codec.decode(value, loc, max_elements=max_elements, dtype=reads_as)
-
-
-def to_check_dtype(array: np.ndarray[Any, Any], loc: Loc, dtype: str, notes: list[str]) -> np.ndarray[Any, Any]:
-    """A float tensor in the check's dtype; one sent as float32 is cast up, and a note says so."""
-    if array.dtype == np.float32 and dtype == "float64":
-        notes.append(f"{format_loc(loc)} was sent as float32 and is cast up to float64 (its float32 rounding stays).")
-    with np.errstate(over="ignore"):
-        cast = array.astype(dtype)
-    if not np.isfinite(cast).all():  # the codec let only finite values in: this is float32 overflow
-        raise ValidationFailed.at(loc, f"values overflow {dtype}; send dtype float64")
-    return cast
-
-
-def decode_float(
-    value: Any, loc: Loc, *, bytes_dtype: str, dtype: str, max_elements: int, notes: list[str]
-) -> np.ndarray[Any, Any]:
-    """A float tensor at full JSON precision, in the check's dtype."""
-    array = read_tensor(value, loc, declared=None, bytes_dtype=bytes_dtype, max_elements=max_elements)
-    return to_check_dtype(array, loc, dtype, notes)
-
-
-def _dtype_note(what: str, body_dtype: str, dtype: str) -> list[str]:
-    if body_dtype == dtype:
-        return []
-    return [
-        f"The {what} body's dtype {body_dtype} is replaced by the check's dtype {dtype}: autodiff and finite "
-        f"differences run in {dtype}."
-    ]
-
-
-def decode_network(body: NetworkRequest, dtype: str, max_elements: int, notes: list[str]) -> NetworkProblem:
-    base: Loc = ("body", "network")
-
-    def tensor(value: Any, *loc: str | int) -> np.ndarray[Any, Any]:
-        return decode_float(
-            value,
-            (*base, *loc),
-            bytes_dtype=body.dtype,
-            dtype=dtype,
-            max_elements=max_elements,
-            notes=notes,
-        )
-
-    with located_under(*base):
-        return network_problem(body, tensor, "float64" if dtype == "float64" else "float32")
-
-
-def decode_tape(
-    body: TapeRequest, dtype: str, max_elements: int, notes: list[str]
-) -> tuple[dict[str, TapeInput], ComputeRequest]:
-    base: Loc = ("body", "tape")
-    if len(body.compute) != 1 or body.compute[0].kind != "gradient":
-        kinds = ", ".join(entry.kind for entry in body.compute) or "none"
-        raise ValidationFailed.at(
-            (*base, "compute"), f"a gradient check takes exactly one compute entry, of kind gradient; got {kinds}"
-        )
-    inputs: dict[str, TapeInput] = {}
-    for name, spec in body.inputs.items():
-        loc: Loc = (*base, "inputs", name, "value")
-        # as /v1/tape reads inputs: base64 without a dtype is float64 bytes
-        value = read_tensor(spec.value, loc, declared=spec.dtype, bytes_dtype=None, max_elements=max_elements)
-        if value.dtype.kind == "i":
-            # whole numbers written without a fraction are int32, as tf.constant (and /v1/tape) has them
-            value = value if spec.dtype is not None else codec.cast(value, codec.constant_dtype(value, dtype), loc)
-        else:
-            value = to_check_dtype(value, loc, dtype, notes)
-        inputs[name] = TapeInput(value, variable=spec.variable, trainable=spec.trainable)
-    entry = body.compute[0]
-    output_gradients = (
-        None
-        if entry.output_gradients is None
-        else decode_float(
-            entry.output_gradients,
-            (*base, "compute", 0, "output_gradients"),
-            bytes_dtype=body.dtype,
-            dtype=dtype,
-            max_elements=max_elements,
-            notes=notes,
-        )
-    )
-    gradient = ComputeRequest(
-        "gradient",
-        entry.target,
-        tuple(entry.sources),
-        output_gradients=output_gradients,
-        unconnected=entry.unconnected,
-    )
-    return inputs, gradient
-
-
-def _comparison(comparison: Comparison) -> dict[str, Any]:
-    return {
-        "max_abs_error": _json_float(comparison.max_abs_error),
-        "max_rel_error": _json_float(comparison.max_rel_error),
-        "worst_index": comparison.worst_index,
-        "passed": comparison.passed,
-    }
-
-
-def _json_float(value: float) -> float | str:
-    if np.isnan(value):
-        return "NaN"
-    if np.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
-
-
-def encode_check(result: GradientCheck, device: str, encoding: codec.Encoding) -> dict[str, Any]:
-    checks = []
-    for check in result.checks:
-        document: dict[str, Any] = {
-            "source": check.source,
-            "autodiff": codec.encode(check.autodiff, encoding),
-            "numerical": codec.encode(check.numerical, encoding),
-            **_comparison(check.comparison),
-        }
-        if check.claimed is not None and check.claimed_comparison is not None:
-            document["claimed"] = {
-                "value": codec.encode(check.claimed, encoding),
-                **_comparison(check.claimed_comparison),
-            }
-        checks.append(document)
-    return {
-        "device": device,
-        "passed": result.passed,
-        "dtype": result.dtype,
-        "epsilon": result.epsilon,
-        "rtol": result.rtol,
-        "atol": result.atol,
-        "max_rel_error": _json_float(result.max_rel_error),
-        "verdict": result.verdict,
-        "perturbed_elements": result.perturbed_elements,
-        "checks": checks,
-        "notes": result.notes,
-    }
 
 
 @router.post(
@@ -179,61 +25,13 @@ def encode_check(result: GradientCheck, device: str, encoding: codec.Encoding) -
     "TAPESERVE_MAX_FD_ELEMENTS is a 422.",
 )
 async def gradient_check(body: GradientCheckRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
-    max_elements = settings.max_elements
-    notes: list[str] = []
-    claimed = {
-        name: decode_float(
-            value,
-            ("body", "claimed", name),
-            bytes_dtype=body.dtype,
-            dtype=body.dtype,
-            max_elements=max_elements,
-            notes=notes,
-        )
-        for name, value in (body.claimed or {}).items()
-    }
-    options: dict[str, Any] = {
-        "claimed": claimed,
-        "epsilon": body.epsilon,
-        "rtol": body.rtol,
-        "atol": body.atol,
-        "max_fd_elements": settings.max_fd_elements,
-    }
     deadline = worker.deadline()
-    result: GradientCheck
-    if body.network is not None:
-        notes += _dtype_note("network", body.network.dtype, body.dtype)
-        problem = decode_network(body.network, body.dtype, max_elements, notes)
-        result = await worker.run(
-            check_network,
-            problem,
-            engine=worker.networks,
-            sources=body.sources,
-            stop_at=deadline,
-            notes=notes,
-            deadline=deadline,
-            **options,
-        )
-    elif body.tape is not None:
-        tape = body.tape
-        notes += _dtype_note("tape", tape.dtype, body.dtype)
-        inputs, gradient = decode_tape(tape, body.dtype, max_elements, notes)
-        result = await worker.run(
-            check_tape,
-            inputs,
-            tape.program,
-            gradient=gradient,
-            watch=tape.watch,
-            persistent=tape.persistent,
-            watch_accessed_variables=tape.watch_accessed_variables,
-            float_dtype=body.dtype,
-            max_elements=max_elements,
-            stop_at=deadline,
-            notes=notes,
-            body_loc=("body", "tape"),
-            deadline=deadline,
-            **options,
-        )
-    else:  # the schema requires one of them
-        raise ValidationFailed.at(("body",), "send exactly one of network and tape")
-    return json_response(encode_check(result, worker.pinned_device, body.response_encoding))
+    job = adapt.check_job(
+        body,
+        engine=worker.networks,
+        max_elements=settings.max_elements,
+        max_fd_elements=settings.max_fd_elements,
+        deadline=deadline,
+    )
+    result: GradientCheck = await worker.run(job, deadline=deadline)
+    return json_response(adapt.encode_check(result, worker.pinned_device, body.response_encoding))

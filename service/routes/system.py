@@ -2,38 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
 from schemas.tensors import MAX_RANK
 from service import __version__
-from service.deps import SettingsDep, WorkerDep
+from service.deps import DrainDep, HttpWarmDep, SettingsDep, WorkerDep
+from service.http import JSONBytesResponse, json_response
 
 router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: 200 while the process serves")
-async def healthz() -> Health:
-    return Health()
+async def healthz() -> JSONBytesResponse:
+    return json_response(Health())
 
 
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: 200 once the worker is warm, 503 before",
-    responses={503: {"model": Readiness, "description": "Still starting"}},
+    summary="Readiness: 200 once the worker is warm, 503 before and after SIGTERM",
+    responses={503: {"model": Readiness, "description": "Still starting, or draining after SIGTERM"}},
 )
-async def readyz(worker: WorkerDep, request: Request) -> JSONResponse:
-    if worker.ready and request.app.state.http_warm:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep) -> JSONBytesResponse:
+    if drain.draining:
+        return json_response(Readiness(status="draining"), status_code=503, headers={"Retry-After": "1"})
+    if worker.ready and http_warm:
+        return json_response(Readiness(status="ready"))
+    return json_response(Readiness(status="starting"), status_code=503, headers={"Retry-After": "1"})
 
 
 @router.get("/v1/info", response_model=Info, summary="Versions, pinned device, visible devices and limits")
-async def info(worker: WorkerDep, settings: SettingsDep) -> Info:
+async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
     stats = worker.stats
-    return Info(
+    document = Info(
         version=__version__,
         tensorflow=worker.tf_version,
         device=worker.pinned_device,
@@ -55,3 +57,4 @@ async def info(worker: WorkerDep, settings: SettingsDep) -> Info:
             "merged_jobs": stats.merged_jobs,
         },
     )
+    return json_response(document)

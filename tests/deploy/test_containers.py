@@ -374,6 +374,7 @@ def test_compose_by_default_runs_cpu_replicas_behind_nginx(compose_cpu: dict[str
     assert mounts == {
         "/etc/nginx/nginx.conf": DEPLOY / "nginx.conf",
         "/etc/nginx/tapeserve-upstream.conf": DEPLOY / "nginx-upstream-cpu.conf",
+        "/etc/nginx/tapeserve-listen.conf": DEPLOY / "nginx-listen.conf",
     }
     assert [(port["published"], port["target"]) for port in lb["ports"]] == [("8000", 8080)]
 
@@ -400,6 +401,7 @@ def test_compose_gpu_profile_reserves_one_nvidia_gpu_per_replica(compose_gpu: di
     assert all(dependency["condition"] == "service_healthy" for dependency in lb["depends_on"].values())
     mounts = {volume["target"]: Path(volume["source"]) for volume in lb["volumes"]}
     assert mounts["/etc/nginx/tapeserve-upstream.conf"] == DEPLOY / "nginx-upstream-gpu.conf"
+    assert mounts["/etc/nginx/tapeserve-listen.conf"] == DEPLOY / "nginx-listen.conf"
     # the CPU service reserves no device
     assert not services["tapeserve"]["deploy"].get("resources", {}).get("reservations")
 
@@ -413,12 +415,32 @@ def nginx_config(upstream: str, tmp_path: Path) -> list[dict[str, Any]]:
     layout.mkdir()
     shutil.copy(DEPLOY / "nginx.conf", layout / "nginx.conf")
     shutil.copy(DEPLOY / f"nginx-upstream-{upstream}.conf", layout / "tapeserve-upstream.conf")
+    shutil.copy(DEPLOY / "nginx-listen.conf", layout / "tapeserve-listen.conf")
     result = run(tool("crossplane"), "parse", str(layout / "nginx.conf"))
     payload: dict[str, Any] = json.loads(result.stdout)
     assert payload["status"] == "ok", payload["errors"]
     files: list[dict[str, Any]] = payload["config"]
-    assert [Path(file["file"]).name for file in files] == ["nginx.conf", "tapeserve-upstream.conf"]
+    assert [Path(file["file"]).name for file in files] == [
+        "nginx.conf",
+        "tapeserve-upstream.conf",
+        "tapeserve-listen.conf",
+    ]
     return files
+
+
+def inlined(files: list[dict[str, Any]], index: int = 0) -> list[dict[str, Any]]:
+    """File `index`'s directives with every include replaced by the included file's, as nginx reads them."""
+
+    def expand(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = []
+        for directive in block:
+            if directive["directive"] == "include":
+                result += [entry for included in directive["includes"] for entry in inlined(files, included)]
+            else:
+                result.append({**directive, "block": expand(directive["block"])} if "block" in directive else directive)
+        return result
+
+    return expand(files[index]["parsed"])
 
 
 def directives(block: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -447,8 +469,7 @@ def test_crossplane_rejects_a_broken_nginx_config(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("upstream", ["cpu", "gpu"])
 def test_nginx_proxies_within_the_service_limits(upstream: str, tmp_path: Path, compose_gpu: dict[str, Any]) -> None:
-    main, _ = nginx_config(upstream, tmp_path)
-    parsed = main["parsed"]
+    parsed = inlined(nginx_config(upstream, tmp_path))
     assert find(parsed, "client_max_body_size") == [["64m"]]
     timeout_s = float(compose_gpu["services"]["tapeserve"]["environment"]["TAPESERVE_TIMEOUT_S"])
     for name in ("proxy_read_timeout", "proxy_send_timeout"):
@@ -480,7 +501,7 @@ def test_nginx_proxies_within_the_service_limits(upstream: str, tmp_path: Path, 
 def test_nginx_upstream_round_robins_over_the_compose_replicas(
     upstream: str, tmp_path: Path, compose_gpu: dict[str, Any]
 ) -> None:
-    _, included = nginx_config(upstream, tmp_path)
+    _, included, _ = nginx_config(upstream, tmp_path)
     (block,) = included["parsed"]
     assert block["directive"] == "upstream"
     assert block["args"] == ["tapeserve"]
@@ -495,6 +516,50 @@ def test_nginx_upstream_round_robins_over_the_compose_replicas(
     expected = {"tapeserve"} if upstream == "cpu" else GPU_SERVICES
     assert hosts == expected
     assert all(services[host]["expose"] == ["8000"] for host in hosts)
+
+
+@pytest.mark.parametrize("upstream", ["cpu", "gpu"])
+def test_nginx_retries_a_lost_request_on_another_replica_within_bounds(upstream: str, tmp_path: Path) -> None:
+    parsed = inlined(nginx_config(upstream, tmp_path))
+    (conditions,) = find(parsed, "proxy_next_upstream")
+    # pure computations: a POST already sent may run again elsewhere when its replica died or went away
+    assert {"error", "timeout", "invalid_header", "http_502", "http_503", "non_idempotent"} <= set(conditions)
+    # a replica's own deadline (504), its full queue (429) and a bug (500) are answers, not lost requests
+    assert not {"http_504", "http_429", "http_500", "off"} & set(conditions)
+    assert find(parsed, "proxy_request_buffering") == [["on"]], "a retried POST needs its whole body kept"
+    ((tries,),) = find(parsed, "proxy_next_upstream_tries")
+    assert 2 <= int(tries) <= 3
+    ((retry_window,),) = find(parsed, "proxy_next_upstream_timeout")
+    ((read_timeout,),) = find(parsed, "proxy_read_timeout")
+    assert 0 < seconds(retry_window) < seconds(read_timeout)
+
+
+@pytest.mark.parametrize("upstream", ["cpu", "gpu"])
+def test_nginx_holds_a_burst_and_drops_silent_clients(upstream: str, tmp_path: Path) -> None:
+    parsed = inlined(nginx_config(upstream, tmp_path))
+    ((connections,),) = find(parsed, "worker_connections")
+    ((files,),) = find(parsed, "worker_rlimit_nofile")
+    # two connections per proxied request (client and replica), each a file descriptor
+    assert int(connections) >= 2 * 1024 and int(files) >= 2 * int(connections)
+    for name in ("client_header_timeout", "client_body_timeout"):
+        ((value,),) = find(parsed, name)
+        assert seconds(value) <= 15
+    # nginx lets idle replica connections go before uvicorn's 5 s keep-alive closes them under a request
+    ((keepalive_timeout,),) = find(parsed, "keepalive_timeout")
+    assert seconds(keepalive_timeout) < 5
+
+
+def drain_bound_s(environment: dict[str, Any]) -> float:
+    """The longest a replica may take after SIGTERM: the grace period, then a request's deadline plus 5 s."""
+    return float(environment["TAPESERVE_DRAIN_GRACE_S"]) + float(environment["TAPESERVE_TIMEOUT_S"]) + 5
+
+
+def test_compose_waits_for_a_replica_to_drain(compose_gpu: dict[str, Any]) -> None:
+    services = compose_gpu["services"]
+    for name in ("tapeserve", *sorted(GPU_SERVICES)):
+        replica = services[name]
+        assert replica.get("stop_signal", "SIGTERM") == "SIGTERM"
+        assert seconds(replica["stop_grace_period"]) > drain_bound_s(replica["environment"]), name
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -580,3 +645,13 @@ def test_service_reaches_either_deployment_and_their_selectors_do_not_overlap() 
     cpu_pods, gpu_pods = (d["spec"]["template"]["metadata"]["labels"] for d in (cpu, gpu))
     assert not cpu["spec"]["selector"]["matchLabels"].items() <= gpu_pods.items()
     assert not gpu["spec"]["selector"]["matchLabels"].items() <= cpu_pods.items()
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_kubernetes_waits_for_a_pod_to_drain(name: str) -> None:
+    spec = manifest(name)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert spec["terminationGracePeriodSeconds"] > drain_bound_s(env)
+    # the drain's own grace period does what a preStop sleep would; both would only add up
+    assert "preStop" not in container.get("lifecycle", {})

@@ -1,27 +1,47 @@
-"""The fast lane for POST /v1/networks/gradients answers exactly as the full FastAPI stack would."""
+"""POST /v1/networks/gradients answers the recorded cases byte for byte as it did before the one-stack
+rewrite (when a fast lane beside FastAPI served it, tested then to answer exactly as the full stack did).
+
+The fixture holds, per case, the request's digest, the status, the content type and the exact response
+bytes (their digest for large bodies). Re-record (`python -m tests.test_network_answers`) only when the
+answers are meant to change.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from schemas.networks import SEED_REQUEST
 from service.app import create_app
-from service.http import TapeserveAPI
+from service.deps import get_worker
 from service.settings import Settings
 from tests.conftest import wait_ready
 
 GRADIENTS = "/v1/networks/gradients"
+FIXTURE = Path(__file__).parent / "fixtures" / "network_answers.jsonl"
+INLINE_BYTES = 4096
+"""Request and response bodies up to this size are kept whole in the fixture; larger ones by digest and size."""
 PLAIN = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
 
 ROWS = 4_000
 LARGE = {**PLAIN, "features": [[76.5, 120.5, 37.5]] * ROWS, "labels": [0, 1] * (ROWS // 2)}
-# (body bytes, content type): answers, good and bad, that both ways must give byte for byte
+
+
+def _b64(values: list[float], dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+# (body bytes, content type): answers, good and bad
 CASES: list[tuple[bytes, str]] = [
     (orjson.dumps(SEED_REQUEST), "application/json"),
     (orjson.dumps({**PLAIN, "dtype": "float64", "response_encoding": "b64"}), "application/json"),
@@ -36,7 +56,7 @@ CASES: list[tuple[bytes, str]] = [
     (orjson.dumps(SEED_REQUEST), "text/plain"),
     (orjson.dumps(SEED_REQUEST), ""),
     (orjson.dumps(SEED_REQUEST), "application/problem+json; charset=utf-8"),
-    # bodies past 64 KiB, whose arrays the fast lane reads straight into numpy (codec.parse)
+    # bodies past 64 KiB, whose arrays the codec reads straight into numpy (codec.parse)
     (orjson.dumps(LARGE), "application/json"),
     (orjson.dumps({**LARGE, "labels": None, "targets": [[0.0, 1.0]] * ROWS, "dtype": "float64"}), "application/json"),
     (orjson.dumps({**LARGE, "include": ["input_gradients"], "reduction": "mean"}), "application/json"),
@@ -49,32 +69,66 @@ CASES: list[tuple[bytes, str]] = [
         orjson.dumps({**LARGE, "layers": 0}).replace(b'"layers":0', b'"layers":' + b"[" * 1000 + b"]" * 1000),
         "application/json",
     ),
+    # base64 tensors in and out, small and large
+    (
+        orjson.dumps(
+            {
+                **PLAIN,
+                "features": {"shape": [3], "dtype": "float64", "b64": _b64([76.0, 120.0, 37.5], "<f8")},
+                "response_encoding": "b64",
+            }
+        ),
+        "application/json",
+    ),
+    (orjson.dumps({**PLAIN, "features": {"shape": [3], "b64": "not base64!"}}), "application/json"),
+    (
+        orjson.dumps(
+            {
+                **LARGE,
+                "features": {"shape": [ROWS, 3], "dtype": "float32", "b64": _b64([76.5, 120.5, 37.5] * ROWS, "<f4")},
+                "response_encoding": "b64",
+            }
+        ),
+        "application/json",
+    ),
 ]
+STATUSES = [200, 200, 422, 422, 422, 422, 422, 400, 400, 422, 415, 415, 200, 200, 200, 200]
+STATUSES += [422, 422, 422, 422, 422, 422, 200, 422, 200]
 
 
-def answers(app: TapeserveAPI) -> list[tuple[int, str, Any]]:
+def _kept(content: bytes) -> dict[str, Any]:
+    if len(content) <= INLINE_BYTES:
+        return {"text": content.decode()}
+    return {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+
+
+def answers() -> list[dict[str, Any]]:
+    """Each case's request (kept or digested) and the service's answer: status, content type, body."""
+    app = create_app(Settings(cpu_logical_devices=2))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
-        out = []
+        recorded = []
         for body, content_type in CASES:
             headers = {"content-type": content_type} if content_type else {}
             response = client.post(GRADIENTS, content=body, headers=headers)
-            out.append((response.status_code, response.headers["content-type"], response.content))
-        return out
+            recorded.append(
+                {
+                    "request": {"content_type": content_type, **_kept(body)},
+                    "status": response.status_code,
+                    "content_type": response.headers["content-type"],
+                    "response": _kept(response.content),
+                }
+            )
+        return recorded
 
 
-def test_the_fast_lane_answers_as_the_full_stack_does() -> None:
-    settings = Settings(cpu_logical_devices=2)
-    fast = create_app(settings)
-    assert isinstance(fast, TapeserveAPI) and fast.hot_routes
-    full = create_app(settings)
-    assert isinstance(full, TapeserveAPI)
-    full.hot_routes.clear()  # every request through routing, dependencies and FastAPI's validation
-    fast_answers, full_answers = answers(fast), answers(full)
-    statuses = [200, 200, 422, 422, 422, 422, 422, 400, 400, 422, 415, 415, 200, 200, 200, 200]
-    statuses += [422, 422, 422, 422, 422, 422]
-    assert [status for status, _, _ in fast_answers] == statuses
-    assert fast_answers == full_answers
+def test_the_networks_route_answers_the_recorded_cases_byte_for_byte() -> None:
+    recorded = [orjson.loads(line) for line in FIXTURE.read_bytes().splitlines()]
+    now = answers()
+    assert [answer["status"] for answer in now] == STATUSES
+    assert [answer["request"] for answer in now] == [answer["request"] for answer in recorded]
+    for case, (answer, before) in enumerate(zip(now, recorded, strict=True)):
+        assert answer == before, f"case {case} answers differently"
 
 
 def test_other_methods_and_a_trailing_slash_go_through_the_router(client: TestClient) -> None:
@@ -84,14 +138,20 @@ def test_other_methods_and_a_trailing_slash_go_through_the_router(client: TestCl
     assert redirected.status_code == 307 and redirected.headers["location"].endswith(GRADIENTS)
 
 
-def test_an_unexpected_error_in_the_fast_lane_is_a_logged_500_problem(caplog: pytest.LogCaptureFixture) -> None:
+class _BrokenWorker:
+    pinned_device = "/device:CPU:0"
+
+    async def run(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internal state")
+
+    async def network_gradients(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internal state")
+
+
+def test_an_unexpected_error_in_the_networks_route_is_a_logged_500_problem(caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(Settings(cpu_logical_devices=2, warmup=False))
     with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.INFO):
-
-        async def broken(*args: Any, **kwargs: Any) -> None:
-            raise RuntimeError("secret internal state")
-
-        app.state.worker.network_gradients = broken
+        app.dependency_overrides[get_worker] = _BrokenWorker
         response = client.post(GRADIENTS, json=SEED_REQUEST, headers={"X-Request-ID": "incident-9"})
         metrics = client.get("/metrics").text
     assert response.status_code == 500
@@ -128,7 +188,18 @@ def test_a_client_that_leaves_mid_body_gets_no_answer_and_logs_no_error(caplog: 
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
+
+    async def leave_mid_body() -> None:
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+
     with caplog.at_level(logging.INFO):
-        asyncio.run(app(scope, receive, send))
+        asyncio.run(leave_mid_body())
     assert sent == []
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+if __name__ == "__main__":
+    FIXTURE.parent.mkdir(exist_ok=True)
+    FIXTURE.write_bytes(b"".join(orjson.dumps(answer) + b"\n" for answer in answers()))
+    sys.stdout.write(f"{FIXTURE}: {len(CASES)} answers recorded\n")

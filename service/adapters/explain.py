@@ -1,0 +1,164 @@
+"""Explanations: a §10 body -> the engine's job (numpy only), the engine's result -> KServe's `:explain` shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pybase64
+
+from schemas.explain import MAX_PANELS, NetworkExplanationRequest
+from service import codec
+from service.adapters.errors import located
+from service.compute.explain.network import prepare_network_explanation
+from service.compute.explain.prepare import Array, ExplainOptions, NetworkExplanation
+from service.errors import ValidationFailed
+from service.settings import Settings
+
+
+def _options(body: NetworkExplanationRequest) -> ExplainOptions:
+    return ExplainOptions(
+        method=body.method,
+        integration=body.integration,
+        steps=body.steps,
+        samples=body.samples,
+        seed=body.seed,
+        absolute=body.absolute,
+    )
+
+
+def decode_network_explanation(
+    body: NetworkExplanationRequest, max_elements: int, png: bool = False, stop_at: float | None = None
+) -> NetworkExplanation:
+    """The body's tensors as numpy arrays in its dtype, checked against each other by the compute layer."""
+
+    def tensor(value: Any, *loc: str | int) -> Array:
+        return codec.decode(value, ("body", *loc), max_elements=max_elements, dtype=body.dtype)
+
+    noise = body.noise_stddev
+    with located():
+        job = prepare_network_explanation(
+            tensor(body.features, "features"),
+            weights=[tensor(layer.weights, "layers", i, "weights") for i, layer in enumerate(body.layers)],
+            activations=[layer.activation for layer in body.layers],
+            alphas=[layer.alpha for layer in body.layers],
+            bias=body.bias,
+            dtype=body.dtype,
+            options=_options(body),
+            class_index=body.class_index,
+            baseline=None if body.baseline is None else tensor(body.baseline, "baseline"),
+            noise_stddev=None
+            if noise is None
+            else codec.decode(noise, ("body", "noise_stddev"), max_elements=max_elements, dtype="float64"),
+            max_elements=max_elements,
+        )
+    features = job.attribution.inputs[0].shape[-1]
+    if body.feature_names is not None and len(body.feature_names) != features:
+        raise ValidationFailed.at(
+            ("body", "feature_names"), f"{len(body.feature_names)} feature names for {features} features"
+        )
+    if png and job.attribution.instances > MAX_PANELS:
+        raise ValidationFailed.at(
+            ("body", "features"),
+            f"a PNG draws at most {MAX_PANELS} instances, one panel each; got {job.attribution.instances}: send "
+            "fewer instances or ask for JSON",
+        )
+    return dataclasses.replace(job, stop_at=stop_at)
+
+
+def _number(value: Any) -> float | str:
+    number = float(value)
+    if np.isfinite(number):
+        return number
+    return "NaN" if np.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+
+
+def _instance_tensors(array: Array, encoding: codec.Encoding) -> list[dict[str, Any]]:
+    """One response tensor per instance of (N, *shape) `array`: what `codec.encode` gives each row, made for all
+    rows at once (a 1,024-instance answer spent most of its encoding time in per-row calls)."""
+    if not np.isfinite(array).all():
+        return [codec.encode(row, encoding) for row in array]
+    head = {"shape": list(array.shape[1:]), "dtype": array.dtype.name}
+    if encoding == "b64":
+        little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        size = little_endian[0].nbytes if len(little_endian) else 0
+        raw = little_endian.tobytes()
+        return [
+            {**head, "b64": pybase64.b64encode_as_string(raw[i * size : (i + 1) * size])} for i in range(len(array))
+        ]
+    contiguous = np.ascontiguousarray(array)
+    return [{**head, "values": row} for row in contiguous]
+
+
+def _numbers(array: Array) -> list[float | str]:
+    if np.isfinite(array).all():
+        values: list[float | str] = array.astype(np.float64).tolist()
+        return values
+    return [_number(value) for value in array]
+
+
+def encode_explanation(
+    job: NetworkExplanation,
+    result: Any,
+    *,
+    device: str,
+    dtype: str,
+    feature_names: Sequence[str] | None,
+    encoding: codec.Encoding,
+) -> dict[str, Any]:
+    """KServe's `:explain` shape (API.md §10); numbers as plain JSON numbers, tensors as §1."""
+    predictions = result.predictions[0] if job.single else result.predictions
+    attributions = _instance_tensors(result.attributions[0], encoding)
+    prediction = _numbers(result.prediction)
+    explanations = [
+        {"instance": n, "class_index": k, "prediction": prediction[n], "attributions": {"features": attributions[n]}}
+        for n, k in enumerate(result.classes.tolist())
+    ]
+    if result.convergence_delta is not None:
+        for entry, baseline, delta in zip(
+            explanations, _numbers(result.baseline_prediction), _numbers(result.convergence_delta), strict=True
+        ):
+            entry["baseline_prediction"] = baseline
+            entry["convergence_delta"] = delta
+    document: dict[str, Any] = {
+        "device": device,
+        "method": job.evaluation.method,
+        "dtype": dtype,
+        "predictions": codec.encode(predictions, encoding),
+    }
+    if feature_names is not None:
+        document["feature_names"] = list(feature_names)
+    document["explanations"] = explanations
+    return document
+
+
+def plot_arguments(job: NetworkExplanation, result: Any, feature_names: Sequence[str] | None) -> dict[str, Any]:
+    """What `plot_attributions` draws: bars labelled with the feature names (x1…xn without them)."""
+    features = job.attribution.inputs[0].shape[-1]
+    return {
+        "attributions": result.attributions[0],
+        "names": list(feature_names) if feature_names is not None else [f"x{i + 1}" for i in range(features)],
+        "classes": [int(k) for k in result.classes],
+        "predictions": [float(p) for p in result.prediction],
+        "method": job.evaluation.method,
+        "deltas": None if result.convergence_delta is None else [float(d) for d in result.convergence_delta],
+    }
+
+
+_engines: dict[tuple[int, int, bool], Any] = {}
+_engines_lock = threading.Lock()
+
+
+def explain_engine(settings: Settings) -> Any:
+    """The explain engine of these settings; made (and TensorFlow imported) in the worker thread, on first use."""
+    from service.compute.explain.engine import ExplainEngine  # noqa: PLC0415  (TensorFlow: worker thread only)
+
+    key = (settings.max_elements, settings.function_cache_size, settings.xla)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = ExplainEngine(settings.max_elements, settings.function_cache_size, settings.xla)
+    return engine

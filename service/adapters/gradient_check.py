@@ -1,0 +1,222 @@
+"""`POST /v1/gradient-check`: a check body -> the network problem or tape inputs and gradient to check, at full
+JSON precision in the check's dtype (with notes on every cast); a `GradientCheck` -> the response document."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from schemas.gradient_check import GradientCheckRequest
+from schemas.networks import NetworkRequest
+from schemas.tape import TapeRequest
+from service import codec
+from service.adapters.networks import network_problem
+from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape, located_under
+from service.compute.networks import NetworkProblem
+from service.compute.program import ComputeRequest, TapeInput
+from service.errors import Loc, ValidationFailed, format_loc
+
+
+def read_tensor(
+    value: Any, loc: Loc, *, declared: str | None, bytes_dtype: str | None, max_elements: int
+) -> np.ndarray[Any, Any]:
+    """A request tensor as its own endpoint reads it: `declared` dtype, or base64 bytes without one as `bytes_dtype`."""
+    reads_as = declared
+    if reads_as is None and isinstance(value, dict) and "b64" in value and "dtype" not in value:
+        reads_as = bytes_dtype
+    return codec.decode(value, loc, max_elements=max_elements, dtype=reads_as)
+
+
+def to_check_dtype(array: np.ndarray[Any, Any], loc: Loc, dtype: str, notes: list[str]) -> np.ndarray[Any, Any]:
+    """A float tensor in the check's dtype; one sent as float32 is cast up, and a note says so."""
+    if array.dtype == np.float32 and dtype == "float64":
+        notes.append(f"{format_loc(loc)} was sent as float32 and is cast up to float64 (its float32 rounding stays).")
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if not np.isfinite(cast).all():  # the codec let only finite values in: this is float32 overflow
+        raise ValidationFailed.at(loc, f"values overflow {dtype}; send dtype float64")
+    return cast
+
+
+def decode_float(
+    value: Any, loc: Loc, *, bytes_dtype: str, dtype: str, max_elements: int, notes: list[str]
+) -> np.ndarray[Any, Any]:
+    """A float tensor at full JSON precision, in the check's dtype."""
+    array = read_tensor(value, loc, declared=None, bytes_dtype=bytes_dtype, max_elements=max_elements)
+    return to_check_dtype(array, loc, dtype, notes)
+
+
+def dtype_note(what: str, body_dtype: str, dtype: str) -> list[str]:
+    if body_dtype == dtype:
+        return []
+    return [
+        f"The {what} body's dtype {body_dtype} is replaced by the check's dtype {dtype}: autodiff and finite "
+        f"differences run in {dtype}."
+    ]
+
+
+def decode_network(body: NetworkRequest, dtype: str, max_elements: int, notes: list[str]) -> NetworkProblem:
+    """The network body's tensors at full JSON precision in the check's dtype."""
+    base: Loc = ("body", "network")
+
+    def tensor(value: Any, *loc: str | int) -> np.ndarray[Any, Any]:
+        return decode_float(
+            value,
+            (*base, *loc),
+            bytes_dtype=body.dtype,
+            dtype=dtype,
+            max_elements=max_elements,
+            notes=notes,
+        )
+
+    with located_under(*base):
+        return network_problem(body, tensor, "float64" if dtype == "float64" else "float32")
+
+
+def decode_tape(
+    body: TapeRequest, dtype: str, max_elements: int, notes: list[str]
+) -> tuple[dict[str, TapeInput], ComputeRequest]:
+    """The tape body's inputs (as /v1/tape reads them, floats in the check's dtype) and its one gradient."""
+    base: Loc = ("body", "tape")
+    if len(body.compute) != 1 or body.compute[0].kind != "gradient":
+        kinds = ", ".join(entry.kind for entry in body.compute) or "none"
+        raise ValidationFailed.at(
+            (*base, "compute"), f"a gradient check takes exactly one compute entry, of kind gradient; got {kinds}"
+        )
+    inputs: dict[str, TapeInput] = {}
+    for name, spec in body.inputs.items():
+        loc: Loc = (*base, "inputs", name, "value")
+        # as /v1/tape reads inputs: base64 without a dtype is float64 bytes
+        value = read_tensor(spec.value, loc, declared=spec.dtype, bytes_dtype=None, max_elements=max_elements)
+        if value.dtype.kind == "i":
+            # whole numbers written without a fraction are int32, as tf.constant (and /v1/tape) has them
+            value = value if spec.dtype is not None else codec.cast(value, codec.constant_dtype(value, dtype), loc)
+        else:
+            value = to_check_dtype(value, loc, dtype, notes)
+        inputs[name] = TapeInput(value, variable=spec.variable, trainable=spec.trainable)
+    entry = body.compute[0]
+    output_gradients = (
+        None
+        if entry.output_gradients is None
+        else decode_float(
+            entry.output_gradients,
+            (*base, "compute", 0, "output_gradients"),
+            bytes_dtype=body.dtype,
+            dtype=dtype,
+            max_elements=max_elements,
+            notes=notes,
+        )
+    )
+    gradient = ComputeRequest(
+        "gradient",
+        entry.target,
+        tuple(entry.sources),
+        output_gradients=output_gradients,
+        unconnected=entry.unconnected,
+    )
+    return inputs, gradient
+
+
+def comparison_document(comparison: Comparison) -> dict[str, Any]:
+    return {
+        "max_abs_error": _json_float(comparison.max_abs_error),
+        "max_rel_error": _json_float(comparison.max_rel_error),
+        "worst_index": comparison.worst_index,
+        "passed": comparison.passed,
+    }
+
+
+def _json_float(value: float) -> float | str:
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def encode_check(result: GradientCheck, device: str, encoding: codec.Encoding) -> dict[str, Any]:
+    """The response document (a `GradientCheckResponse`)."""
+    checks = []
+    for check in result.checks:
+        document: dict[str, Any] = {
+            "source": check.source,
+            "autodiff": codec.encode(check.autodiff, encoding),
+            "numerical": codec.encode(check.numerical, encoding),
+            **comparison_document(check.comparison),
+        }
+        if check.claimed is not None and check.claimed_comparison is not None:
+            document["claimed"] = {
+                "value": codec.encode(check.claimed, encoding),
+                **comparison_document(check.claimed_comparison),
+            }
+        checks.append(document)
+    return {
+        "device": device,
+        "passed": result.passed,
+        "dtype": result.dtype,
+        "epsilon": result.epsilon,
+        "rtol": result.rtol,
+        "atol": result.atol,
+        "max_rel_error": _json_float(result.max_rel_error),
+        "verdict": result.verdict,
+        "perturbed_elements": result.perturbed_elements,
+        "checks": checks,
+        "notes": result.notes,
+    }
+
+
+def decode_claimed(body: GradientCheckRequest, max_elements: int, notes: list[str]) -> dict[str, np.ndarray[Any, Any]]:
+    """The caller's claimed gradients by source, in the check's dtype."""
+    return {
+        name: decode_float(
+            value,
+            ("body", "claimed", name),
+            bytes_dtype=body.dtype,
+            dtype=body.dtype,
+            max_elements=max_elements,
+            notes=notes,
+        )
+        for name, value in (body.claimed or {}).items()
+    }
+
+
+def check_job(
+    body: GradientCheckRequest, *, engine: Any, max_elements: int, max_fd_elements: int, deadline: float
+) -> Callable[[], GradientCheck]:
+    """The check as one call for the worker thread: the network's (batched finite differences on `engine`)
+    or the tape's (the program re-run per perturbation); both stop at `deadline`."""
+    notes: list[str] = []
+    options: dict[str, Any] = {
+        "claimed": decode_claimed(body, max_elements, notes),
+        "epsilon": body.epsilon,
+        "rtol": body.rtol,
+        "atol": body.atol,
+        "max_fd_elements": max_fd_elements,
+        "stop_at": deadline,
+        "notes": notes,
+    }
+    if body.network is not None:
+        notes += dtype_note("network", body.network.dtype, body.dtype)
+        problem = decode_network(body.network, body.dtype, max_elements, notes)
+        return functools.partial(check_network, problem, engine=engine, sources=body.sources, **options)
+    if body.tape is not None:
+        tape = body.tape
+        notes += dtype_note("tape", tape.dtype, body.dtype)
+        inputs, gradient = decode_tape(tape, body.dtype, max_elements, notes)
+        return functools.partial(
+            check_tape,
+            inputs,
+            tape.program,
+            gradient=gradient,
+            watch=tape.watch,
+            persistent=tape.persistent,
+            watch_accessed_variables=tape.watch_accessed_variables,
+            float_dtype=body.dtype,
+            max_elements=max_elements,
+            body_loc=("body", "tape"),
+            **options,
+        )
+    raise ValidationFailed.at(("body",), "send exactly one of network and tape")  # the schema requires one

@@ -1,0 +1,170 @@
+"""Explanations of a fixed differentiable function of named inputs (a served model's signature, a Keras model).
+
+Unlike a posted network, the function's parameters are the same for every request, so merged requests simply
+concatenate their instances (R = 1): one compiled call for every instance × step of all of them, split by
+instances only where TAPESERVE_MAX_ELEMENTS demands.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service.compute.explain.engine import ExplanationResult, plan_calls
+from service.compute.explain.kernel import Forward, attribute
+from service.compute.explain.prepare import AttributionInputs, Evaluation
+
+Function = Callable[[Mapping[str, Any]], Any]
+"""f(inputs by name, each (P, *shape)) -> (P, units): one output of the function, batched."""
+
+
+def folded(function: Function, names: Sequence[str]) -> Forward:
+    """The kernel's F for a batched function: the request axis R is folded into the function's batch axis."""
+
+    def forward(points: Sequence[Any]) -> Any:
+        leading = tf.shape(points[0])[:2]
+        flat = {
+            name: tf.reshape(point, tf.concat([[-1], tf.shape(point)[2:]], axis=0))
+            for name, point in zip(names, points, strict=True)
+        }
+        outputs = function(flat)
+        return tf.reshape(outputs, tf.concat([leading, tf.shape(outputs)[1:]], axis=0))
+
+    return forward
+
+
+class FunctionExplainer:
+    """Compiled explanations of one function, one concrete function per method; runs in the worker thread."""
+
+    def __init__(
+        self,
+        function: Function,
+        input_shapes: Mapping[str, tuple[int, ...]],
+        dtype: str,
+        *,
+        max_elements: int,
+        jit_compile: bool = False,
+    ) -> None:
+        self.names = list(input_shapes)
+        self.shapes = dict(input_shapes)
+        self.dtype = dtype
+        self.max_elements = max_elements
+        self._forward = folded(function, self.names)
+        self._jit = jit_compile
+        self._compiled: dict[tuple[str, bool, bool], Any] = {}
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def _concrete(self, evaluated: Evaluation) -> Any:
+        key = (evaluated.method, evaluated.absolute, evaluated.noisy)
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._trace(*key)
+            return self._compiled[key]
+
+    def _trace(self, method: str, absolute: bool, noisy: bool) -> Any:
+        count = len(self.names)
+        dtype = tf.as_dtype(self.dtype)
+
+        def explain(*tensors: Any) -> Any:
+            inputs, starts, noise = tensors[:count], tensors[count : 2 * count], tensors[2 * count : 3 * count]
+            alphas, weights, classes = tensors[-3:]
+            return attribute(
+                self._forward,
+                list(inputs),
+                list(starts),
+                alphas=alphas,
+                weights=weights,
+                noise=list(noise) if noisy else None,
+                class_index=classes,
+                method=method,
+                absolute=absolute,
+            )
+
+        def spec(name: str, extra: int = 0) -> tf.TensorSpec:
+            return tf.TensorSpec((None, None, *([None] * extra), *self.shapes[name]), dtype)
+
+        signature = (
+            *(spec(name) for name in self.names),
+            *(spec(name) for name in self.names),
+            *(spec(name, 1) if noisy else tf.TensorSpec((0,), dtype) for name in self.names),
+            tf.TensorSpec((None,), dtype),
+            tf.TensorSpec((None,), dtype),
+            tf.TensorSpec((None, None), tf.int32),
+        )
+        function = tf.function(explain, input_signature=signature, autograph=False, jit_compile=self._jit)
+        return function.get_concrete_function()
+
+    def run(self, jobs: Sequence[tuple[Evaluation, AttributionInputs]]) -> list[ExplanationResult]:
+        """Jobs of one evaluation rule, their instances concatenated, in as few calls as the limit allows."""
+        evaluated = jobs[0][0]
+        concrete = self._concrete(evaluated)
+        everything = _join([attribution for _, attribution in jobs])
+        total = everything.instances
+        per_instance = evaluated.evaluations * sum(math.prod(shape) for shape in self.shapes.values())
+        outputs: list[dict[str, np.ndarray]] = []
+        for parts, rows in plan_calls([total], per_instance, self.max_elements):
+            ((_, start, end),) = parts
+            self.calls += 1
+            outputs.append(self._call(concrete, evaluated, everything, start=start, end=end, rows=rows))
+        merged = {name: np.concatenate([chunk[name] for chunk in outputs]) for name in outputs[0]}
+        results, first = [], 0
+        for _, attribution in jobs:
+            last = first + attribution.instances
+            results.append(_slice(merged, first, last, len(self.names)))
+            first = last
+        return results
+
+    def _call(
+        self, concrete: Any, evaluated: Evaluation, job: AttributionInputs, *, start: int, end: int, rows: int
+    ) -> dict[str, np.ndarray]:
+        def rows_of(array: np.ndarray) -> Any:
+            piece = array[start:end]
+            if end - start < rows:
+                piece = np.concatenate([piece, np.repeat(piece[-1:], rows - (end - start), axis=0)])
+            return tf.constant(piece[None])
+
+        empty = tf.zeros((0,), self.dtype)
+        noise = [rows_of(n) for n in job.noise] if job.noise is not None else [empty] * len(self.names)
+        out = concrete(
+            *(rows_of(x) for x in job.inputs),
+            *(rows_of(b) for b in job.starts),
+            *noise,
+            tf.constant(evaluated.alphas),
+            tf.constant(evaluated.weights),
+            rows_of(job.class_index),
+        )
+        return {name: value.numpy()[0, : end - start] for name, value in out.items()}
+
+
+def _join(jobs: Sequence[AttributionInputs]) -> AttributionInputs:
+    if len(jobs) == 1:
+        return jobs[0]
+    count = len(jobs[0].inputs)
+
+    def joined(pick: Callable[[AttributionInputs], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate([pick(job)[i] for job in jobs]) for i in range(count))
+
+    noise = None if jobs[0].noise is None else joined(lambda job: job.noise or ())
+    return AttributionInputs(
+        inputs=joined(lambda job: job.inputs),
+        starts=joined(lambda job: job.starts),
+        noise=noise,
+        class_index=np.concatenate([job.class_index for job in jobs]),
+    )
+
+
+def _slice(merged: Mapping[str, np.ndarray], first: int, last: int, inputs: int) -> ExplanationResult:
+    return ExplanationResult(
+        predictions=merged["predictions"][first:last],
+        classes=merged["classes"][first:last],
+        prediction=merged["prediction"][first:last],
+        attributions=tuple(merged[f"attributions_{i}"][first:last] for i in range(inputs)),
+        baseline_prediction=None if "baseline_prediction" not in merged else merged["baseline_prediction"][first:last],
+        convergence_delta=None if "convergence_delta" not in merged else merged["convergence_delta"][first:last],
+    )
