@@ -25,11 +25,11 @@ run: $(STAMP)
 	$(BIN)/tapeserve serve --host $(TAPESERVE_HOST) --port $(TAPESERVE_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service schemas tests bench deploy
-	$(BIN)/ruff format --check service schemas tests bench deploy
+	$(BIN)/ruff check service schemas tests bench deploy models
+	$(BIN)/ruff format --check service schemas tests bench deploy models
 
 typecheck: $(STAMP)
-	$(BIN)/mypy service schemas tests bench deploy
+	$(BIN)/mypy service schemas tests bench deploy models
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q

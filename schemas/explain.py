@@ -8,13 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS, Layer
 from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
-from service.vocabulary import FloatDType
+from service.vocabulary import FloatDType, IntegrationName, MethodName
 
 NumberOrName = Annotated[float, Field(title="Number")] | Annotated[str, Field(title="NonFinite")]
 """A number, or a non-finite one as its JSON string; members titled for client generators."""
 
-MethodName = Literal["integrated_gradients", "saliency", "gradient_x_input", "smoothgrad"]
-IntegrationName = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 MAX_STEPS = 1024
 MAX_SAMPLES = 256
 MAX_PANELS = 16

@@ -33,28 +33,29 @@ shapes and values. Errors are RFC 9457 `application/problem+json`.
 """
 
 
+async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
+    """Seed requests through the whole stack, so the first client's request is as fast as the tenth."""
+    await worker.wait_ready()
+    # the seed's explanation compiled before the service says it is ready
+    try:
+        await worker.run(lambda: explain_engine(settings).warmup())
+    except Exception:
+        logger.exception("the explanation warm-up failed; serving anyway")
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
+    if settings.api_key_list:
+        headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
+    plain = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
+    # several rounds: Python 3.11 specialises bytecode only after a few runs of the same path
+    for body in [codec.render(SEED_REQUEST), codec.render(plain)] * WARM_UP_ROUNDS:
+        status = await call_self(app, "POST", "/v1/networks/gradients", body, headers)
+        if status != 200:
+            logger.warning("a warm-up request answered %s", status)
+    app.state.http_warm = True
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A tapeserve application; its lifespan starts the TensorFlow worker and drains it on shutdown."""
     settings = settings or Settings()
-
-    async def warm_http(app: FastAPI, worker: Worker) -> None:
-        # seed requests through the whole stack, so the first client's request is as fast as the tenth
-        await worker.wait_ready()
-        # the seed's explanation compiled before the service says it is ready
-        try:
-            await worker.run(lambda: explain_engine(settings).warmup())
-        except Exception:
-            logger.exception("the explanation warm-up failed; serving anyway")
-        headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
-        if settings.api_key_list:
-            headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
-        plain = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
-        # several rounds: Python 3.11 specialises bytecode only after a few runs of the same path
-        for body in [codec.render(SEED_REQUEST), codec.render(plain)] * WARM_UP_ROUNDS:
-            status = await call_self(app, "POST", "/v1/networks/gradients", body, headers)
-            if status != 200:
-                logger.warning("a warm-up request answered %s", status)
-        app.state.http_warm = True
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await worker.start()
         app.state.worker = worker
         app.state.http_warm = not settings.warmup
-        warming = asyncio.create_task(warm_http(app, worker)) if settings.warmup else None
+        warming = asyncio.create_task(warm_http(app, worker, settings)) if settings.warmup else None
         try:
             yield
         finally:

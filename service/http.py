@@ -20,7 +20,6 @@ from service.errors import (
     BadRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
-    ValidationFailed,
     new_request_id,
     problem_response,
 )
@@ -55,12 +54,12 @@ def parse_json_body(body: bytes, content_type: str, arrays: Mapping[str, codec.A
     """A request body as strict JSON (no NaN/Infinity/overflowing numbers); the top-level `arrays`
     fields of a large body may come as numpy arrays (see `codec.parse`).
 
-    415 for a body not declared as JSON, 400 for one that is not JSON, 422 for none at all.
+    415 for a body not declared as JSON, 400 for one that is not JSON (an empty body is not JSON either).
     """
     if not _is_json(content_type):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or None!r}.")
     if not body.strip():
-        raise ValidationFailed.at(("body",), "a JSON body is required")
+        raise BadRequest("Body is not valid strict JSON: the body is empty.")
     try:
         return codec.parse(body, arrays)
     except orjson.JSONDecodeError as error:

@@ -31,6 +31,10 @@ DTypeName = Literal["float32", "float64", "int32", "int64"]
 """Every dtype a tensor may have in a request or a response."""
 FloatDType = Literal["float32", "float64"]
 """The dtypes computations run in."""
+MethodName = Literal["integrated_gradients", "saliency", "gradient_x_input", "smoothgrad"]
+"""Attribution methods of an explanation (API.md §10)."""
+IntegrationName = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+"""Integration rules of integrated gradients (API.md §10)."""
 EncodingName = Literal["nested", "b64"]
 """How response tensors are written: nested JSON arrays, or base64 of their little-endian bytes."""
 
@@ -42,6 +46,8 @@ BIASES: tuple[BiasName, ...] = get_args(BiasName)
 DTYPES: tuple[DTypeName, ...] = get_args(DTypeName)
 FLOAT_DTYPES: tuple[FloatDType, ...] = get_args(FloatDType)
 ENCODINGS: tuple[EncodingName, ...] = get_args(EncodingName)
+METHODS: tuple[MethodName, ...] = get_args(MethodName)
+INTEGRATIONS: tuple[IntegrationName, ...] = get_args(IntegrationName)
 
 SUMMED_GRADIENT_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
 """Activations that act on the last axis as a whole: their reported local gradient is that of the sum."""

@@ -141,6 +141,9 @@ TOKENS = [
     text(NETWORKS, SEED_TEXT[: len(SEED_TEXT) // 2], 400, MALFORMED, "truncated"),
     text(NETWORKS, SEED_TEXT + SEED_TEXT, 400, MALFORMED, "two-documents"),
     text(NETWORKS, b"\x00", 400, MALFORMED, "nul-byte"),
+    # API.md §7: an empty body is not JSON either
+    text(NETWORKS, b"", 400, MALFORMED, "empty-body", says="the body is empty"),
+    text(TAPE, b" \r\n\t ", 400, MALFORMED, "whitespace-body", says="the body is empty"),
     text(TAPE, b'{"program": "a = 1", "inputs": {"x": {"value": NaN}}}', 400, MALFORMED, "tape-NaN"),
     text(ACTIVATIONS, b'{"z": [Infinity]}', 400, MALFORMED, "activations-Infinity"),
     text(ACTIVATIONS, b'{"alpha": 1e400}', 400, MALFORMED, "activations-alpha-1e400"),
@@ -150,8 +153,6 @@ TOKENS = [
 # --------------------------------------------------------------------------------- bodies that are not objects
 VALIDATION = "validation"
 NOT_OBJECTS = [
-    text(NETWORKS, b"", 422, VALIDATION, "empty-body", loc=("body",), says="JSON body is required"),
-    text(TAPE, b" \r\n\t ", 422, VALIDATION, "whitespace-body", loc=("body",), says="JSON body is required"),
     text(NETWORKS, b"[]", 422, VALIDATION, "top-level-array", loc=("body",)),
     text(ACTIVATIONS, b"[" + SEED_TEXT + b"]", 422, VALIDATION, "top-level-array-of-objects", loc=("body",)),
     text(TAPE, b"42", 422, VALIDATION, "top-level-number", loc=("body",)),

@@ -27,7 +27,9 @@ ACTIVATION_FUNCTIONS: dict[str, Activation] = {
     "sigmoid": lambda z, alpha: tf.math.sigmoid(z),
     "tanh": lambda z, alpha: tf.math.tanh(z),
     "relu": lambda z, alpha: tf.nn.relu(z),
-    "leaky_relu": lambda z, alpha: tf.nn.leaky_relu(z, alpha=alpha),
+    # alpha as z's own dtype (exactly 0.01 in float64), not tf.nn.leaky_relu's float32 attribute; the
+    # seed's tf.maximum(alpha * z, z) for alpha <= 1, and the slope alpha at z = 0 as TensorFlow's kernel
+    "leaky_relu": lambda z, alpha: tf.where(z > 0, z, alpha * z),
     "elu": lambda z, alpha: tf.nn.elu(z),
     "selu": lambda z, alpha: tf.nn.selu(z),
     "gelu": lambda z, alpha: tf.nn.gelu(z),
@@ -82,8 +84,9 @@ CATALOGUE: dict[str, ActivationInfo] = {
             parameters={"alpha": DEFAULT_ALPHA},
             notes=(
                 "TensorFlow's convention at the kink: LReLU′(0) = α. The default α = 0.01 is the seed's "
-                "(tf.nn.leaky_relu's own default is 0.2). tf.nn.leaky_relu holds α as a 32-bit float, "
-                "so in float64 the slope is float32(α): 0.01 becomes 0.0099999998."
+                "(tf.nn.leaky_relu's own default is 0.2). α is exact in the request's dtype: 0.01 in float64 "
+                "is 0.01, as the seed's tf.maximum(0.01·z, z) has it (tf.nn.leaky_relu would hold it as a "
+                "32-bit float, 0.0099999998)."
             ),
         ),
         ActivationInfo(

@@ -31,7 +31,7 @@ class ProgramError(InvalidInput):
 
     def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
         where = f"line {line}, column {column}: " if line is not None else ""
-        loc: Loc = ("body", "program") if line is None else ("body", "program", f"line {line}", f"col {column}")
+        loc: Loc = ("program",) if line is None else ("program", f"line {line}", f"col {column}")
         super().__init__(where + message, loc)
         self.line = line
         self.column = column
@@ -41,7 +41,7 @@ class TapeSemanticsError(InvalidInput):
     """A compute entry the tape cannot answer (unknown name, integer source, bad tangent shape...)."""
 
     def __init__(self, message: str, compute_index: int, loc: Loc = ()) -> None:
-        super().__init__(message, loc or ("body", "compute", compute_index))
+        super().__init__(message, loc or ("compute", compute_index))
         self.compute_index = compute_index
 
 

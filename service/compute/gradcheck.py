@@ -190,6 +190,16 @@ def _summarise(
 
 
 @contextlib.contextmanager
+def program_located_under(*prefix: str | int) -> Iterator[None]:
+    """Errors of the tape program (relative to `run_tape`'s arguments) re-rooted under `prefix`."""
+    try:
+        yield
+    except ComputeError as error:
+        error.loc = (*prefix, *error.loc)
+        raise
+
+
+@contextlib.contextmanager
 def located_under(*prefix: str | int) -> Iterator[None]:
     """Re-root the JSON locations of compute errors raised inside: ("body", "features") -> prefix + ("features",).
 
@@ -529,7 +539,7 @@ def check_tape(
     entry: Loc = (*body_loc, "compute", 0)
     if gradient.kind != "gradient":
         raise InvalidInput("a gradient check needs one compute entry of kind gradient", (*entry, "kind"))
-    with located_under(*body_loc):
+    with program_located_under(*body_loc):
         parsed = program if isinstance(program, ParsedProgram) else parse_program(program)
     shapes: dict[str, tuple[int, ...]] = {}
     for position, name in enumerate(gradient.sources):
@@ -558,7 +568,7 @@ def check_tape(
     )
 
     # a non-persistent tape answers exactly this one entry, so persistence does not matter here
-    with located_under(*body_loc):
+    with program_located_under(*body_loc):
         run = run_tape(
             inputs,
             parsed,
@@ -576,7 +586,7 @@ def check_tape(
     notes = [*notes]
 
     def objective(replaced: Mapping[str, TapeInput]) -> float:
-        with located_under(*body_loc):
+        with program_located_under(*body_loc):
             values = run_tape(
                 replaced,
                 parsed,

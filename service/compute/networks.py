@@ -23,7 +23,7 @@ from tensorflow.python.eager import context as tf_context
 from tensorflow.python.eager import execute as tf_execute
 
 from service import vocabulary
-from service.compute.activations import ACTIVATION_FUNCTIONS, DEFAULT_ALPHA
+from service.compute.activations import ACTIVATION_FUNCTIONS, DEFAULT_ALPHA, ELEMENTWISE
 from service.compute.errors import InvalidInput, Loc
 
 Loss = vocabulary.LossName
@@ -463,7 +463,46 @@ def _output_entries(spec: NetworkSpec) -> list[tuple[str, tuple[int, ...]]]:
     return entries
 
 
+LANES = 16
+"""Values per SIMD packet of the widest vector unit TensorFlow's CPU kernels use (AVX-512: 16 float32)."""
+
+
+def _whole_packets(size: int) -> int:
+    """`size` rounded up to a whole number of SIMD packets."""
+    return -(-size // LANES) * LANES
+
+
+def _lanewise(function: Callable[..., Any], *tensors: Any) -> Any:
+    """`function` applied elementwise to tensors of one shape (R, ...), each request's values padded to
+    whole SIMD packets.
+
+    TensorFlow's CPU kernels for exp, log, tanh, erf and the like compute a tensor packet by packet and
+    its last `size % packet` values with scalar code, which rounds differently. Which values those are
+    depends on the whole tensor's size, and so on how many requests were merged; padded, every request's
+    values are computed by the packet code, alone or merged, and come out bit for bit the same.
+    """
+    shape = tensors[0].shape
+    size = math.prod(shape[1:])
+    padded = _whole_packets(size)
+    if padded == size:
+        return function(*tensors)
+    rows = [tf.pad(tf.reshape(t, (-1, size)), ((0, 0), (0, padded - size))) for t in tensors]
+    return tf.reshape(function(*rows)[:, :size], (-1, *shape[1:]))
+
+
+def _rowwise(function: Callable[[Any], Any], z: Any) -> Any:
+    """A function of the last axis (softmax) on z (R, B, u), each request's rows padded with zero rows so
+    that its values fill whole SIMD packets (see `_lanewise`)."""
+    batch, units = z.shape[1:]
+    step = LANES // math.gcd(LANES, units)  # rows * units is a whole number of packets when step divides rows
+    rows = -(-batch // step) * step
+    if rows == batch:
+        return function(z)
+    return function(tf.pad(z, ((0, 0), (0, rows - batch), (0, 0))))[:, :batch]
+
+
 def _activate(name: str, z_rows: Any, alpha_rows: Any) -> Any:
+    """Activation `name` on z_rows; `alpha_rows` (broadcast against z_rows) are leaky_relu's slopes."""
     if name == "leaky_relu":
         # alpha varies per merged request, and tf.nn.leaky_relu only takes a Python float; same kink
         # convention (slope alpha at z = 0)
@@ -471,14 +510,54 @@ def _activate(name: str, z_rows: Any, alpha_rows: Any) -> Any:
     return ACTIVATION_FUNCTIONS[name](z_rows, DEFAULT_ALPHA)
 
 
+def _activate_packed(name: str, z_rows: Any, alpha_rows: Any, batch: int) -> Any:
+    """`_activate` on z_rows (R·B, u), one row per sample, each request's values in whole SIMD packets
+    (see `_lanewise`): a request's activations come out the same alone or merged."""
+    if name == "leaky_relu":  # no rounding to speak of: compares and products only
+        return _activate(name, z_rows, alpha_rows)
+    function = ACTIVATION_FUNCTIONS[name]
+    units = z_rows.shape[-1]
+    z = tf.reshape(z_rows, (-1, batch, units))
+    if name in ELEMENTWISE:
+        a = _lanewise(lambda values: function(values, DEFAULT_ALPHA), z)
+    else:
+        a = _rowwise(lambda values: function(values, DEFAULT_ALPHA), z)
+    return tf.reshape(a, (-1, units))
+
+
+_PARALLEL_PRODUCT = 128 * 128
+"""TensorFlow's CPU BatchMatMul parallelises inside each product above this cost (rows × inner × columns),
+whatever the batch size (kMaxCostOuterParallelism in batch_matmul_op_impl.h)."""
+
+
+def _per_request_matmul(x: Any, w: Any) -> Any:
+    """x (R, B, c) times w (R, u, c) transposed: (R, B, u), each request's product computed alike for every R.
+
+    TensorFlow's CPU BatchMatMul multiplies a batch of one pair of matrices with a different kernel
+    (Eigen's contraction, parallel inside the matrix) than a batch of several small ones (one matrix
+    product per thread), and the two round differently: a request alone and the same request merged
+    would differ in the last bits. Multiplying each request's two halves of rows as two products makes
+    the batch 2R, never one. TensorFlow uses one kernel for every batch size when a matrix has one row
+    (B = 1, the per-thread kernel) or the product costs more than `_PARALLEL_PRODUCT` multiply-adds (the
+    contraction): such products are left whole.
+    """
+    batch, columns = x.shape[1:]
+    if batch == 1 or batch * columns * w.shape[1] > _PARALLEL_PRODUCT:
+        return tf.linalg.matmul(x, w, transpose_b=True)
+    halves = tf.reshape(x, (-1, 2, batch // 2, columns))
+    z = tf.linalg.matmul(halves, w[:, None], transpose_b=True)
+    return tf.reshape(z, (-1, batch, w.shape[1]))
+
+
 def _per_sample_loss(loss: Loss, predictions: Any, targets: Any) -> Any:
     """(R, B, k) -> (R, B), on the last layer's output as is (no clipping, no logits)."""
     if loss == "cross_entropy":
         # xlogy: a class with target 0 adds 0 even where ŷ = 0 (0·log 0 = 0); log 0 of a target class is inf
-        return -tf.reduce_sum(tf.math.xlogy(targets, predictions), axis=-1)
+        return -tf.reduce_sum(_lanewise(tf.math.xlogy, targets, predictions), axis=-1)
     if loss == "binary_cross_entropy":
         return -tf.reduce_mean(
-            tf.math.xlogy(targets, predictions) + tf.math.xlogy(1 - targets, 1 - predictions), axis=-1
+            _lanewise(tf.math.xlogy, targets, predictions) + _lanewise(tf.math.xlogy, 1 - targets, 1 - predictions),
+            axis=-1,
         )
     return tf.reduce_mean(tf.math.squared_difference(predictions, targets), axis=-1)
 
@@ -508,13 +587,13 @@ def _network_outputs(spec: NetworkSpec, unpacked: dict[str, Any]) -> dict[str, A
         for i, (w, name) in enumerate(zip(weights, spec.activations, strict=True)):
             units = spec.layer_shapes[i][0]
             x_b = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1) if spec.bias == "augmented" else x
-            z = tf.linalg.matmul(x_b, w, transpose_b=True)  # per request: einsum('rbc,ruc->rbu')
+            z = _per_request_matmul(x_b, w)
             # one row per sample, made inside the tape so that batch_jacobian sees each sample's activation
             z_rows = tf.reshape(z, (-1, units))
             alpha_rows = None
             if name == "leaky_relu":
                 alpha_rows = tf.reshape(tf.repeat(alphas[:, i], batch), (-1, 1))
-            a_rows = _activate(name, z_rows, alpha_rows)
+            a_rows = _activate_packed(name, z_rows, alpha_rows, batch)
             a = tf.reshape(a_rows, tf.shape(z))
             if "jacobians" in includes:
                 # (R, B*u) against W (R, u, c): requests are independent, so batch_jacobian is exact

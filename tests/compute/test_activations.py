@@ -25,8 +25,9 @@ Array = npt.NDArray[np.float64]
 SEED_ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu"]
 SELU_SCALE = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
-# tf.nn.leaky_relu keeps alpha in a 32-bit attribute and tf.nn.gelu casts 1/√2 from float32, in float64 too
-LEAKY_SLOPE = float(np.float32(DEFAULT_ALPHA))
+# the leaky-ReLU slope is exactly alpha in float64, as the seed's tf.maximum(0.01 * z, z) has it (tf.nn.leaky_relu
+# would keep it in a 32-bit attribute); tf.nn.gelu casts 1/√2 from float32, in float64 too
+LEAKY_SLOPE = DEFAULT_ALPHA
 GELU_SCALE = float(np.float32(1.0 / math.sqrt(2.0)))
 
 
@@ -102,11 +103,6 @@ def test_seed_activations_match_the_seed_cell_exactly() -> None:
     for curve in curves:
         values, gradients = expected[curve.name]
         assert curve.values.shape == curve.gradients.shape == z.shape
-        if curve.name == "leaky_relu":
-            # the seed's tf.maximum(0.01 * z, z) has the exact slope, tf.nn.leaky_relu the float32 one
-            np.testing.assert_allclose(curve.values, values, rtol=3e-8)
-            np.testing.assert_allclose(curve.gradients, gradients, rtol=3e-8)
-            continue
         np.testing.assert_array_equal(curve.values, values, err_msg=curve.name)
         np.testing.assert_array_equal(curve.gradients, gradients, err_msg=curve.name)
 
@@ -144,7 +140,7 @@ def test_relu_gradient_at_the_kink_is_zero_and_leaky_relu_takes_alpha() -> None:
 def test_alpha_sets_the_leaky_relu_slope(alpha: float) -> None:
     z = default_grid()
     (curve,) = evaluate_activations(["leaky_relu"], z, alpha=alpha)
-    slope = float(np.float32(alpha))
+    slope = alpha  # exact in float64, not tf.nn.leaky_relu's float32(alpha)
     np.testing.assert_allclose(curve.values, np.where(z > 0, z, slope * z), rtol=1e-15)
     np.testing.assert_array_equal(curve.gradients, np.where(z > 0, 1.0, slope))
     summary = curve.summary
@@ -156,6 +152,18 @@ def test_alpha_sets_the_leaky_relu_slope(alpha: float) -> None:
     if alpha == 2.0:
         assert "amplified twofold for z ≤ 0" in summary.verdict
         assert summary.argmax_z == -10.0
+
+
+def test_leaky_relu_slope_is_exactly_alpha_in_float64_and_float32_in_float32() -> None:
+    z = np.array([-3.0, -1.0, 0.0, 2.0])
+    (wide,) = evaluate_activations(["leaky_relu"], z)
+    assert wide.gradients.tolist() == [0.01, 0.01, 0.01, 1.0]
+    assert wide.values.tolist() == [-0.03, -0.01, 0.0, 2.0]
+    assert float(np.float32(0.01)) == 0.009999999776482582 != wide.gradients[0]  # what tf.nn.leaky_relu gives
+    (narrow,) = evaluate_activations(["leaky_relu"], z, dtype="float32")
+    reference = tf.nn.leaky_relu(tf.constant(z, tf.float32), alpha=0.01)  # float32: the same rounding
+    np.testing.assert_array_equal(narrow.values, reference.numpy())
+    assert narrow.gradients.tolist() == [np.float32(0.01)] * 3 + [1.0]
 
 
 def test_alpha_leaves_the_other_activations_alone() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,7 @@ from service.compute.errors import InvalidInput
 from service.compute.networks import (
     INCLUDES,
     FloatDType,
+    Loss,
     NetworkEngine,
     NetworkProblem,
     NetworkResult,
@@ -445,6 +446,38 @@ def test_merged_requests_equal_each_request_alone(jit_compile: bool, samples: tu
         problems[1].features, problems[1].targets, problems[1].weights, ["leaky_relu", "softmax"], alphas=[0.2, 0.01]
     )
     assert_matches(merged[1], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", sorted(REFERENCE_ACTIVATIONS))
+def test_merged_requests_equal_each_request_alone_bit_for_bit(activation: str) -> None:
+    # odd unit counts and sample counts put each request's values at every offset of a SIMD packet, and a
+    # request alone multiplies a batch of one matrix pair: neither may change a single bit
+    engine = NetworkEngine()
+    rng = np.random.default_rng(21)
+    for loss, last, dtype in (
+        ("cross_entropy", "softmax", "float32"),
+        ("binary_cross_entropy", "sigmoid", "float64"),
+        ("mean_squared_error", "tanh", "float32"),
+    ):
+        problems = [
+            prepare_network(
+                rng.normal(size=(samples, 3)),
+                targets=rng.uniform(0.1, 0.9, size=(samples, 3)),
+                weights=[rng.normal(size=(5, 4)), rng.normal(size=(3, 6))],
+                activations=[activation, last],
+                alphas=[0.1 * samples if activation == "leaky_relu" else None, None],
+                loss=cast(Loss, loss),
+                reduction="mean",
+                dtype=cast(FloatDType, dtype),
+                includes=ALL,
+            )
+            for samples in (7, 5, 8)
+        ]
+        alone = [engine.run([problem])[0] for problem in problems]
+        merged = engine.run(problems)
+        for single, together in zip(alone, merged, strict=True):
+            for a, b in zip(flatten_result(single), flatten_result(together), strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{activation} {loss} {dtype}")
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])

@@ -11,6 +11,7 @@ import numpy.typing as npt
 import pytest
 import tensorflow as tf
 
+from service.adapters.errors import located
 from service.compute.errors import (
     InvalidInput,
     LimitExceeded,
@@ -148,7 +149,7 @@ def test_seed_non_persistent_tape_fails_at_the_second_entry_with_tensorflows_mes
         tape.gradient(y, x)
     tape_message = str(raised.value)
 
-    with pytest.raises(NonPersistentTapeError) as error:
+    with pytest.raises(NonPersistentTapeError) as error, located():
         run_tape({"W": TapeInput(SEED_W, variable=True)}, SEED_CELL, compute=SEED_COMPUTE, persistent=False)
     assert error.value.compute_index == 1
     assert error.value.message == tape_message
@@ -438,10 +439,10 @@ def test_outputs_skip_bools_by_default_and_reject_them_when_asked() -> None:
     program = "mask = x > 0\nn = tf.cast(mask, tf.float32)"
     inputs = {"x": TapeInput(np.array([-1.0, 1.0], dtype=np.float32))}
     assert list(run_tape(inputs, program, compute=[]).values) == ["n"]
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape(inputs, program, compute=[], outputs=["n", "mask"])
     assert error.value.loc == ("body", "outputs", 1)
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape(inputs, program, compute=[], outputs=["nothing"])
     assert error.value.loc == ("body", "outputs", 0)
     assert run_tape(inputs, program, compute=[], outputs=["x"]).values["x"].tolist() == [-1.0, 1.0]
@@ -526,7 +527,7 @@ def test_list_ops_names_resolve_to_tensorflow_and_signatures_match() -> None:
 
 def test_tensorflow_error_names_line_and_character_column() -> None:
     inputs = {"x": TapeInput(np.array([1.0, 2.0], dtype=np.float32))}
-    with pytest.raises(ProgramError) as error:
+    with pytest.raises(ProgramError) as error, located():
         run_tape(inputs, "a = x * 2.0\nb = tf.matmul(x, x)", compute=[])
     assert (error.value.line, error.value.column) == (2, 5)
     assert error.value.loc == ("body", "program", "line 2", "col 5")
@@ -557,16 +558,16 @@ def test_intermediate_over_the_limit_names_its_line() -> None:
 def test_input_watch_and_compute_validation() -> None:
     x = TapeInput(np.array([1.0]))
     for bad in ["__class__", "tf", "for", "1x", "float"]:
-        with pytest.raises(InvalidInput) as error:
+        with pytest.raises(InvalidInput) as error, located():
             run_tape({bad: x}, "a = 1.0", compute=[])
         assert error.value.loc == ("body", "inputs", bad)
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape({"x": x}, "a = x", compute=[], watch=["x", "a"])
     assert error.value.loc == ("body", "watch", 1)
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape({"i": TapeInput(np.array([1], dtype=np.int32))}, "a = i", compute=[], watch=["i"])
     assert error.value.loc == ("body", "watch", 0)
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape({"x": x}, "a = x", compute=[], float_dtype="float16")
     assert error.value.loc == ("body", "dtype")
 
@@ -596,7 +597,7 @@ def test_compute_entries_that_cannot_run(compute: list[ComputeRequest], index: i
 
 
 def test_jacobian_larger_than_the_limit_is_refused_before_computing() -> None:
-    with pytest.raises(LimitExceeded) as error:
+    with pytest.raises(LimitExceeded) as error, located():
         run_tape(
             {"x": TapeInput(np.ones(2000))},
             "y = x * 2.0",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import service.compute
+from service.adapters.errors import located
 from service.compute.errors import InvalidInput, LimitExceeded, ProgramError, ProgramLimitExceeded
 from service.compute.program import ComputeRequest, TapeInput, parse_program, run_tape
 
@@ -24,7 +25,7 @@ INPUTS = {
 
 def refused(program: str, **options: Any) -> tuple[InvalidInput, float]:
     started = time.perf_counter()
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(InvalidInput) as error, located():
         run_tape(INPUTS, program, compute=[], **options)
     return error.value, time.perf_counter() - started
 
@@ -124,7 +125,7 @@ def test_escape_attempts_are_refused_statically() -> None:
 
 def test_bad_input_names_cannot_smuggle_dunders() -> None:
     for name in ["__builtins__", "__class__", "tf", "ｘ"]:
-        with pytest.raises(InvalidInput) as error:
+        with pytest.raises(InvalidInput) as error, located():
             run_tape({name: INPUTS["x"]}, "a = 1.0", compute=[])
         assert error.value.loc == ("body", "inputs", name)
 
@@ -132,7 +133,9 @@ def test_bad_input_names_cannot_smuggle_dunders() -> None:
 def test_the_interpreter_never_uses_eval_exec_compile_or_getattr() -> None:
     package = pathlib.Path(service.compute.__file__).parent
     forbidden = {"eval", "exec", "compile", "getattr", "setattr", "__import__", "globals", "vars"}
-    for path in sorted(package.glob("program*.py")):
+    paths = sorted(package.glob("program/*.py"))
+    assert paths
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             assert not (isinstance(node, ast.Name) and node.id in forbidden), (path.name, node.id)
 
@@ -209,7 +212,7 @@ def test_tape_result_bombs_are_refused_fast() -> None:
         ComputeRequest("batch_jacobian", "a", ("a",)),
     ]:
         started = time.perf_counter()
-        with pytest.raises(LimitExceeded) as error:
+        with pytest.raises(LimitExceeded) as error, located():
             run_tape({}, program + "\ng.watch(a)", compute=[request], persistent=True)
         assert time.perf_counter() - started < FAST
         assert error.value.loc == ("body", "compute", 0)

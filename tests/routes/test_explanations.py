@@ -13,8 +13,16 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 from matplotlib import image as mpimg
 
-from schemas.explain import SEED_EXPLANATION_REQUEST, ExplanationResponse
+from schemas.explain import (
+    MAX_SAMPLES,
+    MAX_STEPS,
+    SEED_EXPLANATION_REQUEST,
+    ExplanationResponse,
+    NetworkExplanationRequest,
+)
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS
+from service import vocabulary
+from service.compute.explain import prepare
 from tests.blocking import BlockedWorker, wait_until
 from tests.conftest import make_client
 
@@ -194,3 +202,11 @@ def test_concurrent_requests_merge_into_one_call_and_answer_as_alone() -> None:
                 alone["explanations"][0]["attributions"]["features"]["values"],
                 rtol=1e-12,
             )
+
+
+def test_the_schema_offers_what_the_engine_implements() -> None:
+    properties = NetworkExplanationRequest.model_json_schema()["properties"]
+    assert properties["method"]["enum"] == list(vocabulary.METHODS)
+    assert properties["integration"]["enum"] == list(vocabulary.INTEGRATIONS)
+    assert (properties["steps"]["maximum"], properties["samples"]["maximum"]) == (MAX_STEPS, MAX_SAMPLES)
+    assert (MAX_STEPS, MAX_SAMPLES) == (prepare.MAX_STEPS, prepare.MAX_SAMPLES)

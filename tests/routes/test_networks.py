@@ -307,8 +307,16 @@ def test_wrong_content_type_is_415(client: TestClient) -> None:
     problem(client, None, 415, content=b"{}", headers={"content-type": "text/plain"})
 
 
-def test_empty_body_is_422(client: TestClient) -> None:
-    problem(client, None, 422, content=b"", headers={"content-type": "application/json"})
+def test_empty_body_is_400_as_a_body_that_is_not_json(client: TestClient) -> None:
+    problem(client, None, 400, content=b"", headers={"content-type": "application/json"})
+    problem(client, None, 400, content=b" \r\n\t", headers={"content-type": "application/json"})
+    # API.md §7: on every POST, the ordinary routes as the fast lane
+    posts = [path for path, item in client.app.openapi()["paths"].items() if "post" in item]  # type: ignore[attr-defined]
+    assert {"/v1/networks/gradients", "/v1/tape", "/v1/activations"} <= set(posts)
+    for path in posts:
+        response = client.post(path, content=b"", headers={"content-type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
 
 
 def test_unknown_path_and_wrong_verb(client: TestClient) -> None:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.compute.errors import InvalidInput, LimitExceeded, Loc
-
-Method = Literal["integrated_gradients", "saliency", "gradient_x_input", "smoothgrad"]
-Integration = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
-METHODS: tuple[str, ...] = get_args(Method)
-INTEGRATIONS: tuple[str, ...] = get_args(Integration)
+from service.vocabulary import INTEGRATIONS, METHODS
+from service.vocabulary import IntegrationName as Integration
+from service.vocabulary import MethodName as Method
 
 DEFAULT_STEPS = 50
 MAX_STEPS = 1024

@@ -14,19 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
+from service.compute.program.limits import MAX_DIMS, MAX_LIST_LEAVES, MAX_LIST_NESTING
+
 Shape = tuple[int, ...]
-
-MAX_DIMS = 32
-"""A shape written in a program has at most this many dimensions (TensorFlow's own limit is 254)."""
-
-MAX_LIST_NESTING = 32
-"""Lists nest at most this deep, which keeps every walk over them shallow."""
-
-MAX_LIST_LEAVES = 16_384
-"""Numbers and tensors one list holds, unfolded. A 20,000-character program spells out far fewer;
-more can only come from doubling lists by name, whose conversion costs Python time per leaf."""
-
-INT64_MAX = 2**63 - 1
 
 
 class ValueProblem(Exception):

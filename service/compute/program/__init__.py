@@ -1,0 +1,55 @@
+"""The tape-program interpreter behind `POST /v1/tape` and `GET /v1/ops`.
+
+A program is Python *syntax*, checked and run by walking its `ast` against one table of constructs;
+nothing is ever passed to eval/exec/compile, and no attribute is looked up by a name the user wrote.
+Functions come from a fixed table, each with a rule that sizes its result before TensorFlow allocates it.
+
+Where things live:
+* A construct (a kind of ast node): one class with `check` (static: ast node -> checked node, or a
+  ProgramError naming line and column) and `evaluate` / `execute` / `bind` (one run), in
+  `expressions`, `calls` or `statements`; then one entry in `language.TAPE_LANGUAGE`. Node types the
+  table does not list are refused.
+* An op: one keyword-built `OpSpec` entry in `ops_maths` or `ops_tensors`, with a size rule from
+  `sizes` (write one there if none fits). `GET /v1/ops` lists the table as it stands.
+* Limits: `limits`. Values and shape arithmetic: `values`. The tape and compute entries: `runner`.
+
+Language notes (what `GET /v1/ops` and the README document):
+* `print(...)` is accepted as a statement and does nothing; its arguments are checked, not evaluated.
+* `<tape>.watch(t)` as a statement watches a tensor the program created (the seed's `g.watch(z)`):
+  `<tape>` is any name the program has not bound. The request's `watch` names inputs only.
+* `.numpy()` gives the same values as a new constant, detached from the tape, as TensorFlow's numpy
+  array would be; so the seed's `L.numpy()` line is harmless.
+* `float` is the request's float dtype (float32 by default, as `dtype=float` means in TensorFlow).
+  With `float_dtype="float64"`, float64 also replaces float32 wherever TensorFlow would pick float32
+  by default: Python floats that meet no float tensor, and tf.ones / zeros / eye / one_hot.
+* Calls by plain name always mean the function: a variable named `exp` does not hide `exp(...)`.
+* `tf.nn.leaky_relu`'s alpha defaults to 0.2, TensorFlow's own default (the seed's LReLU uses 0.01).
+
+Limits, all checked before TensorFlow allocates: every intermediate ≤ max_elements (creating,
+tiling, one-hot, broadcasting, concatenating, gathering and matmul ops are sized from their
+arguments); a matmul ≤ WORK_FACTOR × max_elements multiply-adds; all tensors of one run together
+≤ TOTAL_FACTOR × max_elements (the tape keeps them alive), and all its element reads, writes and
+multiply-adds ≤ TOTAL_WORK_FACTOR × max_elements.
+
+Errors locate relative to `run_tape`'s arguments: ("program", "line L", "col C"), ("compute", i, ...),
+("inputs", name), ...; the HTTP side adds "body".
+"""
+
+from __future__ import annotations
+
+from service.compute.program.ops import OpInfo, list_ops
+from service.compute.program.parse import ParsedProgram, parse_program
+from service.compute.program.requests import ComputeRequest, ComputeResult, TapeInput, TapeRun
+from service.compute.program.runner import run_tape
+
+__all__ = [
+    "ComputeRequest",
+    "ComputeResult",
+    "OpInfo",
+    "ParsedProgram",
+    "TapeInput",
+    "TapeRun",
+    "list_ops",
+    "parse_program",
+    "run_tape",
+]

@@ -1,0 +1,323 @@
+"""The op table, maths half: element-wise functions, activations, broadcasting binary functions and
+comparisons, reductions. Each entry is an `OpSpec` built by keyword; add a function by adding one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from service.compute.program import sizes
+from service.compute.program.opspec import OpSpec, Param, params
+
+X = params("x")
+XY = params("x", "y")
+FEATURES = params("features")
+REDUCE = params("input_tensor", axis=None, keepdims=False)
+
+
+def unary(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
+    """An element-wise function of `x`: its result has x's size."""
+    return OpSpec(name=name, fn=fn, tf_names=tf_names, params=X, summary=summary, size=sizes.no_growth, data=("x",))
+
+
+def activation(
+    *, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str, extra: tuple[Param, ...] = ()
+) -> OpSpec:
+    """An activation of `features` (with `extra` parameters after it): its result has features' size."""
+    return OpSpec(
+        name=name,
+        fn=fn,
+        tf_names=tf_names,
+        params=FEATURES + extra,
+        summary=summary,
+        size=sizes.no_growth,
+        data=("features",),
+    )
+
+
+def binary(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
+    """A broadcasting function of `x` and `y`."""
+    return OpSpec(
+        name=name, fn=fn, tf_names=tf_names, params=XY, summary=summary, size=sizes.broadcast("x", "y"), data=("x", "y")
+    )
+
+
+def reduction(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
+    """A reduction of `input_tensor` over `axis` (all axes by default)."""
+    return OpSpec(
+        name=name,
+        fn=fn,
+        tf_names=tf_names,
+        params=REDUCE,
+        summary=summary,
+        size=sizes.no_growth,
+        data=("input_tensor",),
+    )
+
+
+MATHS: tuple[OpSpec, ...] = (
+    # element-wise maths
+    unary(name="abs", fn=tf.math.abs, tf_names=("tf.abs", "tf.math.abs"), summary="|x| element-wise."),
+    unary(name="exp", fn=tf.math.exp, tf_names=("tf.exp", "tf.math.exp"), summary="e^x element-wise."),
+    unary(name="log", fn=tf.math.log, tf_names=("tf.math.log",), summary="Natural logarithm element-wise."),
+    unary(name="log1p", fn=tf.math.log1p, tf_names=("tf.math.log1p",), summary="log(1 + x) element-wise."),
+    unary(name="sqrt", fn=tf.math.sqrt, tf_names=("tf.sqrt", "tf.math.sqrt"), summary="Square root element-wise."),
+    unary(name="rsqrt", fn=tf.math.rsqrt, tf_names=("tf.math.rsqrt",), summary="1 / sqrt(x) element-wise."),
+    unary(name="square", fn=tf.math.square, tf_names=("tf.square", "tf.math.square"), summary="x² element-wise."),
+    unary(name="sin", fn=tf.math.sin, tf_names=("tf.sin", "tf.math.sin"), summary="Sine element-wise."),
+    unary(name="cos", fn=tf.math.cos, tf_names=("tf.cos", "tf.math.cos"), summary="Cosine element-wise."),
+    unary(name="tan", fn=tf.math.tan, tf_names=("tf.tan", "tf.math.tan"), summary="Tangent element-wise."),
+    unary(
+        name="sigmoid",
+        fn=tf.math.sigmoid,
+        tf_names=("tf.sigmoid", "tf.math.sigmoid", "tf.nn.sigmoid"),
+        summary="1 / (1 + e^-x).",
+    ),
+    unary(
+        name="tanh", fn=tf.math.tanh, tf_names=("tf.tanh", "tf.math.tanh", "tf.nn.tanh"), summary="Hyperbolic tangent."
+    ),
+    unary(name="sign", fn=tf.math.sign, tf_names=("tf.sign", "tf.math.sign"), summary="-1, 0 or 1 element-wise."),
+    unary(
+        name="negative", fn=tf.math.negative, tf_names=("tf.negative", "tf.math.negative"), summary="-x element-wise."
+    ),
+    unary(name="reciprocal", fn=tf.math.reciprocal, tf_names=("tf.math.reciprocal",), summary="1 / x element-wise."),
+    unary(name="floor", fn=tf.math.floor, tf_names=("tf.floor", "tf.math.floor"), summary="Largest integer ≤ x."),
+    unary(name="ceil", fn=tf.math.ceil, tf_names=("tf.math.ceil",), summary="Smallest integer ≥ x."),
+    unary(name="round", fn=tf.math.round, tf_names=("tf.round", "tf.math.round"), summary="Round half to even."),
+    # activations
+    activation(name="relu", fn=tf.nn.relu, tf_names=("tf.nn.relu",), summary="max(features, 0)."),
+    activation(name="relu6", fn=tf.nn.relu6, tf_names=("tf.nn.relu6",), summary="min(max(features, 0), 6)."),
+    activation(
+        name="leaky_relu",
+        fn=tf.nn.leaky_relu,
+        tf_names=("tf.nn.leaky_relu",),
+        summary="features if > 0 else alpha·features; alpha defaults to 0.2 as in TensorFlow (the seed uses 0.01).",
+        extra=params(alpha=0.2),
+    ),
+    activation(name="elu", fn=tf.nn.elu, tf_names=("tf.nn.elu",), summary="Exponential linear unit."),
+    activation(name="selu", fn=tf.nn.selu, tf_names=("tf.nn.selu",), summary="Scaled exponential linear unit."),
+    activation(
+        name="gelu",
+        fn=tf.nn.gelu,
+        tf_names=("tf.nn.gelu",),
+        summary="Gaussian error linear unit.",
+        extra=params(approximate=False),
+    ),
+    activation(
+        name="softplus",
+        fn=tf.math.softplus,
+        tf_names=("tf.math.softplus", "tf.nn.softplus"),
+        summary="log(1 + e^features).",
+    ),
+    activation(
+        name="softsign",
+        fn=tf.math.softsign,
+        tf_names=("tf.math.softsign", "tf.nn.softsign"),
+        summary="features / (1 + |features|).",
+    ),
+    OpSpec(
+        name="silu",
+        fn=tf.nn.silu,
+        tf_names=("tf.nn.silu", "tf.nn.swish"),
+        params=FEATURES + params(beta=1.0),
+        summary="Swish: features · sigmoid(beta · features).",
+        size=sizes.no_growth,
+        data=("features",),
+        aliases=("swish",),
+    ),
+    OpSpec(
+        name="softmax",
+        fn=tf.nn.softmax,
+        tf_names=("tf.nn.softmax", "tf.math.softmax"),
+        params=params("logits", axis=None),
+        summary="exp(logits) / sum(exp(logits)) along axis (default: last).",
+        size=sizes.no_growth,
+        data=("logits",),
+    ),
+    OpSpec(
+        name="log_softmax",
+        fn=tf.nn.log_softmax,
+        tf_names=("tf.nn.log_softmax", "tf.math.log_softmax"),
+        params=params("logits", axis=None),
+        summary="logits - log(sum(exp(logits))) along axis (default: last).",
+        size=sizes.no_growth,
+        data=("logits",),
+    ),
+    # binary maths and comparisons (broadcasting)
+    binary(name="add", fn=tf.math.add, tf_names=("tf.add", "tf.math.add"), summary="x + y with broadcasting."),
+    binary(
+        name="subtract",
+        fn=tf.math.subtract,
+        tf_names=("tf.subtract", "tf.math.subtract"),
+        summary="x - y with broadcasting.",
+    ),
+    binary(
+        name="multiply",
+        fn=tf.math.multiply,
+        tf_names=("tf.multiply", "tf.math.multiply"),
+        summary="x · y with broadcasting.",
+    ),
+    binary(
+        name="divide", fn=tf.math.divide, tf_names=("tf.divide", "tf.math.divide"), summary="x / y with broadcasting."
+    ),
+    binary(name="pow", fn=tf.math.pow, tf_names=("tf.pow", "tf.math.pow"), summary="x ** y with broadcasting."),
+    binary(
+        name="maximum",
+        fn=tf.math.maximum,
+        tf_names=("tf.maximum", "tf.math.maximum"),
+        summary="Element-wise max (broadcasting).",
+    ),
+    binary(
+        name="minimum",
+        fn=tf.math.minimum,
+        tf_names=("tf.minimum", "tf.math.minimum"),
+        summary="Element-wise min (broadcasting).",
+    ),
+    binary(
+        name="squared_difference",
+        fn=tf.math.squared_difference,
+        tf_names=("tf.math.squared_difference",),
+        summary="(x - y)².",
+    ),
+    binary(name="equal", fn=tf.math.equal, tf_names=("tf.equal", "tf.math.equal"), summary="x == y as a bool tensor."),
+    binary(
+        name="not_equal",
+        fn=tf.math.not_equal,
+        tf_names=("tf.not_equal", "tf.math.not_equal"),
+        summary="x != y as a bool tensor.",
+    ),
+    binary(name="less", fn=tf.math.less, tf_names=("tf.less", "tf.math.less"), summary="x < y as a bool tensor."),
+    binary(
+        name="less_equal",
+        fn=tf.math.less_equal,
+        tf_names=("tf.less_equal", "tf.math.less_equal"),
+        summary="x <= y as a bool tensor.",
+    ),
+    binary(
+        name="greater",
+        fn=tf.math.greater,
+        tf_names=("tf.greater", "tf.math.greater"),
+        summary="x > y as a bool tensor.",
+    ),
+    binary(
+        name="greater_equal",
+        fn=tf.math.greater_equal,
+        tf_names=("tf.greater_equal", "tf.math.greater_equal"),
+        summary="x >= y as bool.",
+    ),
+    binary(
+        name="logical_and",
+        fn=tf.math.logical_and,
+        tf_names=("tf.logical_and", "tf.math.logical_and"),
+        summary="x and y, bool.",
+    ),
+    binary(
+        name="logical_or",
+        fn=tf.math.logical_or,
+        tf_names=("tf.logical_or", "tf.math.logical_or"),
+        summary="x or y, bool.",
+    ),
+    OpSpec(
+        name="logical_not",
+        fn=tf.math.logical_not,
+        tf_names=("tf.logical_not", "tf.math.logical_not"),
+        params=X,
+        summary="not x, bool.",
+        size=sizes.no_growth,
+        data=(),
+    ),
+    OpSpec(
+        name="where",
+        fn=tf.where,
+        tf_names=("tf.where",),
+        params=params("condition", x=None, y=None),
+        summary="x where condition else y (broadcasting); with condition only, the indices of True entries.",
+        size=sizes.where,
+        data=("x", "y"),
+    ),
+    OpSpec(
+        name="clip_by_value",
+        fn=tf.clip_by_value,
+        tf_names=("tf.clip_by_value",),
+        params=params("t", "clip_value_min", "clip_value_max"),
+        summary="t clipped into [clip_value_min, clip_value_max].",
+        size=sizes.broadcast("t", "clip_value_min", "clip_value_max"),
+        data=("t", "clip_value_min", "clip_value_max"),
+    ),
+    # reductions
+    reduction(
+        name="reduce_sum",
+        fn=tf.math.reduce_sum,
+        tf_names=("tf.reduce_sum", "tf.math.reduce_sum"),
+        summary="Sum over axis (all).",
+    ),
+    reduction(
+        name="reduce_mean",
+        fn=tf.math.reduce_mean,
+        tf_names=("tf.reduce_mean", "tf.math.reduce_mean"),
+        summary="Mean over axis.",
+    ),
+    reduction(
+        name="reduce_max",
+        fn=tf.math.reduce_max,
+        tf_names=("tf.reduce_max", "tf.math.reduce_max"),
+        summary="Max over axis.",
+    ),
+    reduction(
+        name="reduce_min",
+        fn=tf.math.reduce_min,
+        tf_names=("tf.reduce_min", "tf.math.reduce_min"),
+        summary="Min over axis.",
+    ),
+    reduction(
+        name="reduce_prod",
+        fn=tf.math.reduce_prod,
+        tf_names=("tf.reduce_prod", "tf.math.reduce_prod"),
+        summary="Product over axis.",
+    ),
+    reduction(
+        name="reduce_logsumexp",
+        fn=tf.math.reduce_logsumexp,
+        tf_names=("tf.reduce_logsumexp", "tf.math.reduce_logsumexp"),
+        summary="log(sum(exp(x))) over axis, computed stably.",
+    ),
+    OpSpec(
+        name="argmax",
+        fn=tf.math.argmax,
+        tf_names=("tf.argmax", "tf.math.argmax"),
+        params=params("input", axis=None, output_type=tf.int64),
+        summary="Index of the largest entry along axis (default 0).",
+        size=sizes.no_growth,
+        data=(),
+    ),
+    OpSpec(
+        name="argmin",
+        fn=tf.math.argmin,
+        tf_names=("tf.argmin", "tf.math.argmin"),
+        params=params("input", axis=None, output_type=tf.int64),
+        summary="Index of the smallest entry along axis (default 0).",
+        size=sizes.no_growth,
+        data=(),
+    ),
+    OpSpec(
+        name="cumsum",
+        fn=tf.math.cumsum,
+        tf_names=("tf.cumsum", "tf.math.cumsum"),
+        params=params("x", axis=0, exclusive=False, reverse=False),
+        summary="Cumulative sum along axis.",
+        size=sizes.no_growth,
+        data=("x",),
+    ),
+    OpSpec(
+        name="norm",
+        fn=tf.norm,
+        tf_names=("tf.norm", "tf.linalg.norm"),
+        params=params("tensor", ord="euclidean", axis=None, keepdims=None),
+        summary="Vector or matrix norm (ord: a number; default Euclidean).",
+        size=sizes.no_growth,
+        data=("tensor",),
+    ),
+)
