@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from schemas.networks import SEED_FEATURES, SEED_WEIGHTS, Layer
 from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
 from service.vocabulary import FloatDType, IntegrationName, MethodName
+
+NumberOrName = Annotated[float, Field(title="Number")] | Annotated[str, Field(title="NonFinite")]
+"""A number, or a non-finite one as its JSON string; members titled for client generators."""
 
 MAX_STEPS = 1024
 MAX_SAMPLES = 256
@@ -35,7 +38,9 @@ class ExplainFields(BaseModel):
         "default); gradient_x_input: x ⊙ ∂F/∂x; smoothgrad: the mean ∂F/∂x over `samples` noisy copies "
         "x + N(0, σ²). F is the explained class's output.",
     )
-    class_index: StrictInt | list[StrictInt] | None = Field(
+    class_index: (
+        Annotated[StrictInt, Field(title="Class")] | Annotated[list[StrictInt], Field(title="Classes")] | None
+    ) = Field(
         default=None,
         description="The class to explain: one int for every instance or one per instance. Default: each instance's "
         "predicted class (argmax); a one-unit output uses that unit (class 0).",
@@ -109,10 +114,10 @@ class InstanceExplanation(BaseModel):
 
     instance: int = Field(description="Index of the instance, 0-based.")
     class_index: int = Field(description="The explained class.")
-    prediction: float | str = Field(description="F(x): the explained class's output at the instance.")
+    prediction: NumberOrName = Field(description="F(x): the explained class's output at the instance.")
     attributions: dict[str, TensorOut] = Field(description="Input name → attributions of its shape (`features`).")
-    baseline_prediction: float | str | None = Field(default=None, description="F(b) (integrated gradients).")
-    convergence_delta: float | str | None = Field(
+    baseline_prediction: NumberOrName | None = Field(default=None, description="F(b) (integrated gradients).")
+    convergence_delta: NumberOrName | None = Field(
         default=None,
         description="Σ attributions − (F(x) − F(b)) (integrated gradients): how far the integral's approximation is "
         "from the completeness axiom; it shrinks as steps grow.",

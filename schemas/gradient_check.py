@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,7 +12,10 @@ from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
 from service.vocabulary import FloatDType
 
 Verdict = Literal["excellent", "acceptable", "suspicious", "wrong"]
-JSONFloat = float | Literal["NaN", "Infinity", "-Infinity"]
+JSONFloat = (
+    Annotated[float, Field(title="Finite")]
+    | Annotated[Literal["NaN", "Infinity", "-Infinity"], Field(title="NonFinite")]
+)
 """A number, or a non-finite one written as the protobuf JSON strings (API.md §1)."""
 
 SEED_NETWORK_CHECK: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -71,10 +71,12 @@ class NetworkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one sample or (batch, n).")
-    labels: StrictInt | list[StrictInt] | None = Field(
-        default=None,
-        description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
-        "use `targets`. Exactly one of labels, targets.",
+    labels: Annotated[StrictInt, Field(title="Label")] | Annotated[list[StrictInt], Field(title="Labels")] | None = (
+        Field(
+            default=None,
+            description="Class index per sample (one int for rank-1 features). For a one-hot or probability row "
+            "use `targets`. Exactly one of labels, targets.",
+        )
     )
     targets: TensorIn | None = Field(
         default=None,

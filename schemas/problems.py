@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class ProblemItem(BaseModel):
-    loc: list[str | int] = Field(description="JSON location of the offending value, from the body's root.")
+    loc: list[Annotated[str, Field(title="Key")] | Annotated[int, Field(title="Index")]] = Field(
+        description="JSON location of the offending value, from the body's root."
+    )
     msg: str = Field(description="What is wrong with it.")
 
 
@@ -25,10 +29,13 @@ class Problem(BaseModel):
 PROBLEM_DESCRIPTIONS: dict[int, str] = {
     400: "Body is not JSON",
     401: "API keys are configured and the request has none that is valid",
+    404: "Nothing found under the path's parameters",
     413: "Body larger than TAPESERVE_MAX_BODY_BYTES",
     415: "Body is not application/json",
     422: "Schema, shape, dtype, value, program or tape-semantics error",
     429: "Work queue full (see Retry-After)",
+    500: "A bug in the service (quote the problem's request_id)",
+    503: "The service is starting or shutting down (see Retry-After)",
     504: "Request deadline TAPESERVE_TIMEOUT_S passed",
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,4 +40,6 @@ class Info(BaseModel):
     ready: bool
     limits: Limits
     function_cache: FunctionCache
-    batching: dict[str, float | int] = Field(description="Micro-batching settings and counters.")
+    batching: dict[str, Annotated[float, Field(title="Float")] | Annotated[int, Field(title="Integer")]] = Field(
+        description="Micro-batching settings and counters."
+    )

@@ -10,56 +10,72 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, RootModel, WithJsonSchema
 
-from service.vocabulary import DTYPES, DTypeName, EncodingName
+from service.vocabulary import DTypeName, EncodingName
 
 DType = DTypeName
 ResponseEncoding = EncodingName
 
-TENSOR_JSON_SCHEMA: dict[str, Any] = {
-    "title": "Tensor",
-    "description": (
-        "A number (rank 0), rectangular nested arrays, `{shape, data, dtype?}` (row-major), or "
-        f"`{{shape, dtype?, b64}}` (little-endian raw bytes, row-major). dtype: {', '.join(DTYPES)}. "
-        "NaN and Infinity are rejected."
-    ),
-    "anyOf": [
-        {"type": "number", "title": "Scalar"},
+MAX_RANK = 8
+Shape = Annotated[
+    list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RANK, description="Dimensions; [] for a scalar.")
+]
+_TENSOR_DTYPE = "Element type. Default: the dtype the field's description gives (usually the request's)."
+
+
+# The models below only document the request forms in OpenAPI, each as a component of its own (code
+# generators name one class per component); requests are checked by `service.codec.decode`.
+class TensorFlat(BaseModel):
+    """Row-major `data` with an explicit `shape`."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]}]}
+    )
+
+    shape: Shape
+    data: list[float] = Field(description="The elements, row-major.")
+    dtype: DType | None = Field(default=None, description=_TENSOR_DTYPE)
+
+
+class TensorB64(BaseModel):
+    """Little-endian raw bytes, row-major, base64-encoded: exact and compact for large tensors."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"shape": [2], "dtype": "float32", "b64": "AACAPwAAAEA="}]}
+    )
+
+    shape: Shape
+    b64: str = Field(description="The raw bytes, base64.", json_schema_extra={"contentEncoding": "base64"})
+    dtype: DType | None = Field(default=None, description=_TENSOR_DTYPE)
+
+
+Scalar = Annotated[float, WithJsonSchema({"type": "number", "title": "Scalar"})]
+NestedArrays = Annotated[
+    list[Any],
+    WithJsonSchema(
         {
             "type": "array",
-            "title": "Nested arrays",
-            "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {}}]},
-        },
-        {
-            "type": "object",
-            "title": "Flat with shape",
-            "required": ["shape", "data"],
-            "additionalProperties": False,
-            "properties": {
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 8},
-                "data": {"type": "array", "items": {"type": "number"}},
-                "dtype": {"enum": list(DTYPES)},
+            "title": "NestedArrays",
+            "description": "Rectangular nested arrays of numbers, one level per dimension.",
+            "items": {
+                "anyOf": [{"type": "number", "title": "Element"}, {"type": "array", "title": "Row", "items": {}}]
             },
-        },
-        {
-            "type": "object",
-            "title": "Base64",
-            "required": ["shape", "b64"],
-            "additionalProperties": False,
-            "properties": {
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 8},
-                "b64": {"type": "string", "contentEncoding": "base64"},
-                "dtype": {"enum": list(DTYPES)},
-            },
-        },
-    ],
-}
+        }
+    ),
+]
 
-TensorIn = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
-"""A request tensor in any of the four forms; decoded and checked by `service.codec.decode`."""
 
-MAX_RANK = 8
+class Tensor(RootModel[Scalar | NestedArrays | TensorFlat | TensorB64]):
+    """A number (rank 0), rectangular nested arrays, `{shape, data, dtype?}` (row-major), or `{shape, dtype?, b64}`
+    (little-endian raw bytes, row-major). dtype: float32, float64, int32, int64. NaN and Infinity are rejected."""
+
+
+def _as_sent(value: Any) -> Any:
+    return value
+
+
+TensorIn = Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=Tensor)]
 LIMIT_ERROR = "limit_exceeded"
 """Type of a validation error that is a size limit, not a malformed value (answered as limit-exceeded)."""
 
@@ -93,6 +109,28 @@ def declared_shape(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+_NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"], "title": "NonFinite"}
+TENSOR_VALUES_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "title": "Scalar"},
+        _NON_FINITE,
+        {
+            "type": "array",
+            "title": "NestedValues",
+            "description": "Nested arrays, one level per dimension; non-finite elements as strings.",
+            "items": {
+                "anyOf": [
+                    {"type": "number", "title": "Element"},
+                    {**_NON_FINITE, "title": "NonFiniteElement"},
+                    {"type": "array", "title": "Row", "items": {}},
+                ]
+            },
+        },
+    ]
+}
+"""`TensorOut.values`: every member titled and every array with `items`, as code generators need."""
+
+
 class TensorOut(BaseModel):
     """A response tensor: `values` (nested, non-finite as "NaN"/"Infinity"/"-Infinity") or `b64`."""
 
@@ -100,10 +138,9 @@ class TensorOut(BaseModel):
 
     shape: list[int] = Field(description="Dimensions; [] for a scalar.")
     dtype: DType = Field(description="Element type.")
-    values: Any = Field(
+    values: Annotated[Any, WithJsonSchema(TENSOR_VALUES_SCHEMA)] = Field(
         default=None,
         description="A bare number for rank 0, nested arrays otherwise (with response_encoding nested).",
-        json_schema_extra={"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "array"}]},
     )
     b64: str | None = Field(
         default=None, description="Little-endian raw bytes, row-major (with response_encoding b64)."

@@ -18,6 +18,7 @@ from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, call_self
 from service.observability import configure_logging, install_observability
+from service.openapi import install_openapi, operation_id
 from service.routes import activations, explanations, gradient_check, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # install_docs serves both pages with local assets
         redoc_url=None,
+        generate_unique_id_function=operation_id,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (networks, system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
+    install_openapi(app)
     return app
 
 
