@@ -157,7 +157,8 @@ class Browser:
 
 @contextmanager
 def headless_chromium(executable: str) -> Iterator[Browser]:
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes may still write to the profile as it exits: leftovers are not a failure
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [
                 executable,
