@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -275,19 +275,24 @@ def _problems_as_problem_json(document: dict[str, Any]) -> None:
                     content[PROBLEM_JSON] = {**content[PROBLEM_JSON], "schema": plain["schema"]}
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception to `handle_exception`, and document its problem+json bodies in the OpenAPI schema."""
+def extend_openapi(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> None:
+    """Have `amend` edit the app's OpenAPI document in place once, when it is first generated."""
     generate = app.openapi
 
-    def openapi_with_problems() -> dict[str, Any]:
+    def amended() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         document = generate()
-        _problems_as_problem_json(document)
+        amend(document)
         return document
 
     # FastAPI's documented way to customise the schema is to replace the bound method
-    app.openapi = openapi_with_problems  # type: ignore[method-assign]
+    app.openapi = amended  # type: ignore[method-assign]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to `handle_exception`, and document its problem+json bodies in the OpenAPI schema."""
+    extend_openapi(app, _problems_as_problem_json)
     for exc_type in (
         ServiceError,
         compute_errors.ComputeError,

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from schemas.problems import PROBLEM_DESCRIPTIONS, Problem
-from service.errors import PROBLEM_JSON
+from service.errors import PROBLEM_JSON, extend_openapi
 
 PROBLEM_REF = "#/components/schemas/Problem"
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -53,14 +53,4 @@ def add_common_responses(document: dict[str, Any]) -> None:
 
 def install_openapi(app: FastAPI) -> None:
     """Add `add_common_responses` to the app's document (call after the other document customisations)."""
-    generate = app.openapi
-
-    def openapi_for_generators() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = generate()
-        add_common_responses(document)
-        return document
-
-    # FastAPI's documented way to customise the schema is to replace the bound method
-    app.openapi = openapi_for_generators  # type: ignore[method-assign]
+    extend_openapi(app, add_common_responses)
