@@ -1,51 +1,48 @@
-"""`tapeserve serve` (also `python -m service serve`)."""
+"""`tapeserve serve` (also `python -m service serve`).
+
+Only the standard library is imported until `serve` runs, so `tapeserve --help` answers at once; the serving
+stack (FastAPI, uvicorn, TensorFlow) is imported by `service.serving` after the log relay is in place.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-import uvicorn
+from service import logrelay
 
-from service.app import create_app
-from service.drain import DrainingServer
-from service.observability import configure_logging
-from service.settings import Settings
+TENSORFLOW_LOG_DEFAULTS = {
+    # TensorFlow's C++ INFO and WARNING chatter off; errors still print (as JSON, through service.logrelay)
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+"""Read by TensorFlow when it loads, so they are set before anything imports it; the environment wins."""
 
-STARTUP_FAILURE = 3
-"""uvicorn's exit status when the app or the listener could not start."""
+
+def parser() -> argparse.ArgumentParser:
+    found = argparse.ArgumentParser(prog="tapeserve", description="TensorFlow's GradientTape as a REST service.")
+    commands = found.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API (settings from TAPESERVE_* variables)",
+        description="Serve the HTTP API. Every other setting comes from TAPESERVE_* environment variables "
+        "(README, Configuration). Logs are JSON lines on stderr.",
+    )
+    serve.add_argument("--host", help="bind address (TAPESERVE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (TAPESERVE_PORT, default 8000)")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tapeserve", description="TensorFlow's GradientTape as a REST service.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API (settings from TAPESERVE_* variables)")
-    serve.add_argument("--host", help="bind address (TAPESERVE_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (TAPESERVE_PORT, default 8000)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    for name, value in TENSORFLOW_LOG_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # descriptors 1 and 2 go through the relay before TensorFlow loads and prints its first native line
+    log_stream = logrelay.start()
+    from service import serving  # noqa: PLC0415 - the serving stack (TensorFlow) loads only to serve, not for --help
 
-    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    settings = Settings(**overrides)
-    configure_logging(settings.log_level, flush_interval=settings.log_flush_s)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        log_config=None,  # uvicorn's loggers propagate to the JSON handler instead of configuring their own
-        access_log=False,
-        # nothing in the service reads the client's address, so X-Forwarded-* rewriting is work for nothing
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
-    )
-    # SIGTERM drains (service/drain.py) and ends in exit status 0; `atexit` writes the batched log lines
-    server = DrainingServer(config, app.state.drain, settings.drain_grace_s)
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE
+    return serving.serve(host=args.host, port=args.port, log_stream=log_stream)
 
 
 if __name__ == "__main__":

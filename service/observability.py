@@ -128,6 +128,12 @@ def configure_logging(level: str, stream: IO[str] | None = None, flush_interval:
     handler = BatchingStreamHandler(stream or sys.stderr, flush_interval)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # TensorFlow's and absl's Python loggers may carry a plain-text handler of their own: theirs go to ours
+    for name in ("tensorflow", "absl"):
+        own = logging.getLogger(name)
+        own.handlers.clear()
+        own.propagate = True
+    logging.captureWarnings(True)  # warnings.warn(...) as JSON records of the "py.warnings" logger
     # the JSON lines carry none of these, and gathering them is a third of the cost of a record (the
     # logging HOWTO's "Optimization" section): the caller's frame, thread, process and process name
     logging._srcfile = None
