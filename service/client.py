@@ -217,14 +217,45 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _non_finite(value: Any, where: str) -> tuple[str, str] | None:
+    """(location, value) of the first NaN or infinity in a request document, or None."""
+    if isinstance(value, float | np.floating):
+        return None if math.isfinite(value) else (where, str(float(value)))
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "fc":
+            return None
+        bad = np.argwhere(~np.isfinite(value))
+        return None if bad.size == 0 else (where + "".join(f"[{int(i)}]" for i in bad[0]), str(value[tuple(bad[0])]))
+    if isinstance(value, BaseModel):
+        value = value.model_dump(exclude_none=True)
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
 def encode_body(body: Body) -> bytes:
     """A request body as JSON bytes: a request model (None fields left out, so defaults apply) or a mapping.
 
-    numpy arrays and scalars may appear anywhere as tensors. Non-finite floats become null in JSON, which
-    the service rejects with a 422 naming their location (requests must be finite).
+    numpy arrays and scalars may appear anywhere as tensors. JSON has no NaN or infinity (a JSON encoder
+    writes null for them), and the service computes on finite numbers only: a non-finite value raises
+    `ValueError` naming its place in the body, before anything is sent.
     """
     document = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else dict(body)
-    return orjson.dumps(document, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    encoded = orjson.dumps(document, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in encoded:  # where a NaN would have gone; only then is the document walked
+        found = _non_finite(document, "body")
+        if found is not None:
+            where, value = found
+            raise ValueError(f"{where} is {value}: requests take finite numbers only (JSON has no NaN or infinity)")
+    return encoded
 
 
 # ------------------------------------------------------------------------------------------------------ clients

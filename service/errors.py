@@ -189,6 +189,8 @@ def _validation_errors(exc: RequestValidationError) -> ServiceError:
             return BadRequest(f"Body is not valid JSON: {reason}")
         loc = list(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "value_error" and "error" in (err.get("ctx") or {}):
+            msg = str(err["ctx"]["error"])  # the validator's own words, without pydantic's "Value error, "
         if err.get("type") == "missing" and not loc[1:]:
             msg = "a JSON body is required"
         errors.append({"loc": loc, "msg": msg})

@@ -360,3 +360,47 @@ def test_from_numpy_writes_the_b64_request_form() -> None:
     assert base64.b64decode(tensor["b64"]) == struct.pack("<2f", 1.0, -2.0)
     assert from_numpy(np.array([True, False]))["dtype"] == "float64"
     assert from_numpy(np.uint8(3))["shape"] == [] and from_numpy(np.uint8(3))["dtype"] == "int64"
+
+
+@pytest.mark.anyio
+async def test_a_validator_s_message_arrives_without_pydantic_s_prefix(service: AsyncClient) -> None:
+    with pytest.raises(ValidationError) as caught:
+        await service.activations({"activations": ["relu", "relu"]})
+    problem = caught.value.problem
+    assert problem is not None
+    assert problem.detail == "body.activations: each activation at most once; repeated: relu"
+    assert caught.value.errors == [(["body", "activations"], "each activation at most once; repeated: relu")]
+    assert str(caught.value) == "422 Request is not valid: " + problem.detail
+    with pytest.raises(ValidationError) as whole:  # a model-level validator: the location is the body itself
+        await service.gradient_check({"network": SEED_REQUEST, "tape": SEED_TAPE_REQUEST})
+    assert whole.value.errors == [(["body"], "send exactly one of network and tape")]
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "value"),
+    [
+        ({**SEED_REQUEST, "features": [76.0, float("nan"), 37.5]}, "body.features[1]", "nan"),
+        ({**SEED_REQUEST, "features": np.array([[76.0, 120.0, np.inf]])}, "body.features[0][2]", "inf"),
+        (
+            NetworkRequest(features=[1.0], labels=1, layers=[Layer(weights=[[0.1, -np.inf]], activation="relu")]),
+            "body.layers[0].weights[0][1]",
+            "-inf",
+        ),
+        ({"network": {**SEED_REQUEST, "features": [np.float32("nan")] * 3}}, "body.network.features[0]", "nan"),
+    ],
+)
+def test_a_non_finite_number_fails_before_anything_is_sent(body: Any, where: str, value: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    client = Client("http://tapeserve.invalid", transport=httpx.MockTransport(record))
+    with client, pytest.raises(ValueError, match="finite numbers only") as caught:
+        if isinstance(body, dict) and "network" in body:
+            client.gradient_check(body)
+        else:
+            client.network_gradients(body)
+    assert str(caught.value).startswith(f"{where} is {value}: "), caught.value
+    assert not sent
