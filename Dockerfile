@@ -18,7 +18,8 @@ RUN python -m venv /opt/venv
 
 # Dependencies first, so that a change to the source reuses this (large) layer.
 COPY pyproject.toml requirements.lock deploy/image_requirements.py ./
-# the runtime dependencies of pyproject.toml at the lock's exact versions: no test or lint tools in the image
+# the runtime dependencies of pyproject.toml (the client's and the server extra's) at the lock's exact
+# versions: no test or lint tools in the image
 RUN python image_requirements.py "$TF_VARIANT" requirements.txt constraints.txt \
     && pip install --no-cache-dir -r requirements.txt -c constraints.txt
 
@@ -38,7 +39,6 @@ LABEL org.opencontainers.image.title="tapeserve" \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=2 \
     MPLCONFIGDIR=/tmp/matplotlib \
     TAPESERVE_HOST=0.0.0.0 \
     TAPESERVE_PORT=8000

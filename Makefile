@@ -7,8 +7,6 @@ STAMP  := $(VENV)/.installed
 TAPESERVE_HOST ?= 127.0.0.1
 TAPESERVE_PORT ?= 8000
 export TAPESERVE_HOST TAPESERVE_PORT
-# quiet TensorFlow's C++ start-up chatter; real errors still print
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install run test lint typecheck unit bench bench-explain lock clean
 
@@ -18,7 +16,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tapeserve needs Python 3.11+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	# the project itself, client and server: the lock above holds the server extra's dependencies too
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e '.[server]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import httpx
 import numpy as np
 
 from schemas.networks import SEED_FEATURES, SEED_REQUEST, SEED_WEIGHTS
+from tests.packages import ensure_debian_package
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -104,16 +104,7 @@ def free_port() -> int:
 
 
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk not found; installing it from the Debian packages", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("wrk could not be installed")
-    return found
+    return ensure_debian_package("wrk")[0]
 
 
 @contextmanager

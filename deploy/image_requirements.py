@@ -1,8 +1,8 @@
 """What the container image installs: the project's runtime dependencies at the lock's exact versions.
 
 `python image_requirements.py cpu|gpu REQUIREMENTS CONSTRAINTS` (run beside pyproject.toml and
-requirements.lock) writes a requirements file (the runtime dependencies and the build backend of
-pyproject.toml) and a constraints file (requirements.lock), so that `pip install -r REQUIREMENTS -c
+requirements.lock) writes a requirements file (the client's dependencies, the `server` extra's and the build
+backend of pyproject.toml) and a constraints file (requirements.lock), so that `pip install -r REQUIREMENTS -c
 CONSTRAINTS` installs the runtime closure pinned by the lock and none of its test and lint tools.
 `gpu` swaps tensorflow-cpu for `tensorflow[and-cuda]` at the version the lock pins for tensorflow-cpu.
 """
@@ -38,7 +38,9 @@ def image_requirements(
     if not isinstance(project, dict) or not isinstance(build_system, dict):
         raise ValueError("pyproject.toml has no [project] or [build-system] table")
     # the build backend too: the image installs the project itself without build isolation
-    requirements = [str(item) for item in [*project["dependencies"], *build_system["requires"]]]
+    extras = project.get("optional-dependencies", {})
+    server = extras.get("server", []) if isinstance(extras, dict) else []
+    requirements = [str(item) for item in [*project["dependencies"], *server, *build_system["requires"]]]
     constraints = [line.strip() for line in lock_lines if canonical_name(line)]
     if variant == "gpu":
         pins = {canonical_name(line): line.split("==", 1)[1].strip() for line in constraints if "==" in line}

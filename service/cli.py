@@ -7,6 +7,7 @@ stack (FastAPI, uvicorn, TensorFlow) is imported by `service.serving` after the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ TENSORFLOW_LOG_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 """Read by TensorFlow when it loads, so they are set before anything imports it; the environment wins."""
+
+SERVER_MODULES = ("tensorflow", "fastapi", "uvicorn", "matplotlib")
+"""Installed by the `server` extra; `pip install tapeserve` alone is the client."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +39,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    commands = parser()
+    args = commands.parse_args(argv)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        commands.error(
+            f"serving needs the server's dependencies ({', '.join(missing)} missing): pip install 'tapeserve[server]'"
+        )
     for name, value in TENSORFLOW_LOG_DEFAULTS.items():
         os.environ.setdefault(name, value)
     # descriptors 1 and 2 go through the relay before TensorFlow loads and prints its first native line

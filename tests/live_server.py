@@ -1,15 +1,22 @@
 """A real uvicorn server for an app built in the test process (a thread, so TensorFlow is not imported twice).
 
 For what the TestClient cannot show: chunked uploads, the server's own connection handling, a browser.
+`serve_process` starts the real command instead, for what only a process of its own shows (its output).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import httpx
 import uvicorn
@@ -58,3 +65,48 @@ def live_server(**overrides: object) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=60)
         listener.close()
+
+
+TAPESERVE = Path(sys.executable).parent / "tapeserve"
+"""The installed `tapeserve` script, as an operator runs it."""
+
+
+@contextmanager
+def serve_process(
+    env: Mapping[str, str] | None = None, stdout: IO[bytes] | None = None, stderr: IO[bytes] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`tapeserve serve` in a process of its own on a free local port: yields (base URL, process) once /readyz
+    answers 200, and sends SIGTERM when the block ends (the caller may read the exit status after it)."""
+    port = free_port()
+    environment = {**os.environ, **(env or {}), "TAPESERVE_PORT": str(port)}
+    environment.setdefault("TAPESERVE_DRAIN_GRACE_S", "0")
+    process = subprocess.Popen(
+        [str(TAPESERVE), "serve"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout or subprocess.DEVNULL,
+        stderr=stderr or subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"tapeserve serve exited with {process.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise RuntimeError("tapeserve serve was not ready in 120 s")
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

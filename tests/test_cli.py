@@ -7,7 +7,6 @@ the way up (`TF_CPP_MIN_LOG_LEVEL=0`), so that its C++ start-up and compile chat
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -19,9 +18,8 @@ from typing import Any
 import httpx
 
 from schemas.networks import SEED_REQUEST
-from tests.live_server import free_port
+from tests.live_server import TAPESERVE, serve_process
 
-BIN = Path(sys.executable).parent
 HELP_LIMIT_S = 0.5
 """Issue 14's bound for `tapeserve --help`."""
 
@@ -41,13 +39,13 @@ def test_help_answers_within_half_a_second() -> None:
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        finished = subprocess.run([BIN / "tapeserve", "--help"], capture_output=True, timeout=30, check=True)
+        finished = subprocess.run([TAPESERVE, "--help"], capture_output=True, timeout=30, check=True)
         timings.append(time.perf_counter() - started)
         assert b"serve" in finished.stdout
     # the median of three against the spec's bound, no extra margin: --help took ~0.05 s here, TensorFlow's
     # import alone takes seconds
     assert statistics.median(timings) < HELP_LIMIT_S, timings
-    serve_help = subprocess.run([BIN / "tapeserve", "serve", "--help"], capture_output=True, timeout=30, check=True)
+    serve_help = subprocess.run([TAPESERVE, "serve", "--help"], capture_output=True, timeout=30, check=True)
     assert b"--port" in serve_help.stdout and b"TAPESERVE_" in serve_help.stdout
 
 
@@ -59,39 +57,17 @@ def test_the_command_module_imports_no_serving_stack() -> None:
 
 
 def test_every_line_the_server_writes_is_json(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "0",
-        "TAPESERVE_PORT": str(port),
-        "TAPESERVE_DRAIN_GRACE_S": "0",
-        "PYTHONWARNINGS": "default",
-    }
+    env = {"TF_CPP_MIN_LOG_LEVEL": "0", "PYTHONWARNINGS": "default"}
     stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen([BIN / "tapeserve", "serve"], env=env, stdout=out, stderr=err)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, stderr.read_text()
-                assert time.monotonic() < deadline, "not ready in 90 s"
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            # a structure the warm-up did not compile: TensorFlow logs its compilation natively
-            first = {"weights": SEED_REQUEST["layers"][0]["weights"], "activation": "tanh"}
-            second = {"weights": [[1.0, 0.5, 0.1], [0.2, -0.3, 0.4]], "activation": "softmax"}
-            deeper = {**SEED_REQUEST, "layers": [first, second]}
-            assert httpx.post(base + "/v1/networks/gradients", json=deeper, timeout=60).status_code == 200
-            broken = httpx.post(base + "/v1/tape", content=b"{", headers={"Content-Type": "application/json"})
-            assert broken.status_code == 400
-        finally:
-            process.send_signal(signal.SIGTERM)
-            status = process.wait(timeout=60)
+    with stdout.open("wb") as out, stderr.open("wb") as err, serve_process(env, out, err) as (base, process):
+        # a structure the warm-up did not compile: TensorFlow logs its compilation natively
+        first = {"weights": SEED_REQUEST["layers"][0]["weights"], "activation": "tanh"}
+        second = {"weights": [[1.0, 0.5, 0.1], [0.2, -0.3, 0.4]], "activation": "softmax"}
+        deeper = {**SEED_REQUEST, "layers": [first, second]}
+        assert httpx.post(base + "/v1/networks/gradients", json=deeper, timeout=60).status_code == 200
+        broken = httpx.post(base + "/v1/tape", content=b"{", headers={"Content-Type": "application/json"})
+        assert broken.status_code == 400
+    status = process.returncode
     assert status == 0
     records = json_lines(stdout) + json_lines(stderr)
     native = [record for record in records if record["logger"] == "native"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from fastapi.testclient import TestClient
 from websockets.sync.client import ClientConnection, connect
 
 from tests.live_server import live_server
+from tests.packages import ensure_debian_package
 
 GRADIENTS = "/v1/networks/gradients"
 ASSET_ATTRIBUTE = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
@@ -77,20 +77,8 @@ def test_oauth2_redirect_page_is_served(client: TestClient) -> None:
 
 # ------------------------------------------------------------------------------------------------ the browser
 def chromium_executable() -> str:
-    """Debian's chromium; installed here when absent and running as root, a failure otherwise."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        pytest.fail("the browser tests need Debian's `chromium` package (apt-get install chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, timeout=300, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "chromium"], env=env, check=True, timeout=900, capture_output=True
-    )
-    found = shutil.which("chromium")
-    assert found, "apt-get installed chromium but it is not on PATH"
-    return found
+    """Debian's chromium (or a chromium-browser already on PATH); installed when absent (see tests.packages)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or ensure_debian_package("chromium")[0]
 
 
 class Browser:

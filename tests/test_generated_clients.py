@@ -19,7 +19,6 @@ import json
 import os
 import pkgutil
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from schemas.networks import SEED_REQUEST
 from service.client import Client
 from service.errors import PROBLEM_JSON
 from tests.live_server import live_server
+from tests.packages import ensure_debian_package
 
 BIN = Path(sys.executable).parent
 PACKAGE = "tapeserve_client"
@@ -335,20 +335,9 @@ def test_generated_models_type_the_seed_answer(generated: ModuleType, server: st
 
 # ------------------------------------------------------------------------------------------------ TypeScript
 def npm_executable() -> str:
-    """npm, with node; Debian's packages are installed when absent and running as root (as CI does)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node and npm:
-        return npm
-    if os.geteuid() != 0:
-        pytest.fail("the TypeScript check needs node and npm (apt-get install nodejs npm)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, timeout=300, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "nodejs", "npm"], env=env, check=True, timeout=900, capture_output=True
-    )
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "apt-get installed nodejs and npm but they are not on PATH"
-    return npm
+    """npm, with node; Debian's packages are installed when absent (see tests.packages)."""
+    ensure_debian_package("nodejs", "node")
+    return ensure_debian_package("npm")[0]
 
 
 TYPESCRIPT_PROGRAM = """\

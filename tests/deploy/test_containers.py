@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.packages import lock_pins, runtime_closure
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -214,39 +215,6 @@ def image_requirements(variant: str, tmp_path: Path) -> tuple[list[str], list[st
     )
 
 
-def lock_pins() -> dict[str, str]:
-    pins: dict[str, str] = {}
-    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version.strip()
-    return pins
-
-
-def runtime_closure(requirements: list[str]) -> dict[str, str]:
-    """Every distribution the requirements pull in, as installed here: {name: version}."""
-    environment = {key: str(value) for key, value in default_environment().items()}
-    closure: dict[str, str] = {}
-    extras_seen: dict[str, set[str]] = {}
-    pending = [Requirement(line) for line in requirements]
-    while pending:
-        requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        new_extras = set(requirement.extras) - extras_seen.get(name, set())
-        if name in closure and not new_extras:
-            continue
-        extras_seen.setdefault(name, set()).update(requirement.extras)
-        closure[name] = importlib.metadata.version(name)
-        for line in importlib.metadata.requires(name) or []:
-            dependency = Requirement(line)
-            wanted = dependency.marker is None or any(
-                dependency.marker.evaluate({**environment, "extra": extra}) for extra in ("", *extras_seen[name])
-            )
-            if wanted:
-                pending.append(dependency)
-    return closure
-
-
 def third_party_imports() -> set[str]:
     """Top-level modules the service's code imports that are neither the standard library nor its own."""
     modules: set[str] = set()
@@ -263,8 +231,10 @@ def third_party_imports() -> set[str]:
 def test_cpu_image_installs_the_project_dependencies_under_the_lock(tmp_path: Path) -> None:
     requirements, constraints = image_requirements("cpu", tmp_path)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    # the runtime dependencies, and the build backend for the project's own install
-    assert requirements == [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+    # the runtime dependencies (the client's and the server extra's), and the build backend of the project itself
+    project = pyproject["project"]
+    runtime = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    assert requirements == [*runtime, *pyproject["build-system"]["requires"]]
     lock = [line for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines() if line.strip()]
     assert constraints == lock
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.packages import ensure_debian_package
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 HOST = "127.0.0.1"
@@ -153,21 +155,8 @@ def start_replicas(count: int, env: dict[str, str], log_dir: Path) -> list[Repli
 
 # ---------------------------------------------------------------------------------------------- nginx
 def ensure_nginx() -> str:
-    """The nginx binary; installed from Debian's packages when missing (CI runs as root)."""
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    print("nginx not found; installing it from the Debian packages", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nginx"],
-        check=True,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    found = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(found, os.X_OK):
-        raise RuntimeError("nginx could not be installed")
-    return found
+    """The nginx binary; installed from Debian's packages when missing (see tests.packages)."""
+    return ensure_debian_package("nginx")[0]
 
 
 def render_upstream(addresses: list[str], directory: Path) -> str:
