@@ -17,6 +17,7 @@ from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, call_self
+from service.methods import install_methods
 from service.observability import configure_logging, install_observability
 from service.openapi import install_openapi, operation_id
 from service.routes import activations, explanations, gradient_check, networks, system, tape
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
     install_error_handlers(app)
-    # middleware added later wraps what came before: observability (outermost) > request context > auth
+    # middleware added later wraps what came before: observability (outermost) > request context > auth > methods
+    install_methods(app)
     install_auth(app, settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)

@@ -4,7 +4,8 @@ For every operation the document describes: its examples, schemathesis' coverage
 missing and wrong-typed fields, unexpected methods) and a bounded, deterministic fuzzing phase of valid and
 invalid requests. Every answer must be documented: no server error, a status and content type the document
 lists for the operation, a body that conforms to the documented schema, and every error problem+json
-whose `status` repeats the HTTP status, without a traceback.
+whose `status` repeats the HTTP status, without a traceback; an unexpected method gets a 405 whose `Allow`
+lists the path's documented methods.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from service.app import create_app
@@ -38,7 +41,15 @@ schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=FUZZ_EXAMPLES, deterministic=True
 )
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    # methods the document does not list answer 405 with `Allow`, which names exactly the documented ones
+    unsupported_method,
+    allow_header_conformance,
+]
 
 answered: Counter[tuple[str, int]] = Counter()
 """(operation, status) of every request the fuzzer sent, for the summary line."""
