@@ -1,17 +1,19 @@
 """`/docs` (Swagger UI) and `/redoc` served with their JavaScript and CSS from the service itself.
 
 FastAPI's defaults load them from a CDN, which leaves a blank page on a machine without internet access. The
-files come from the `fastapi-offline` package (Swagger UI: Apache-2.0, ReDoc: MIT; see NOTICE).
+files come from the `fastapi-offline` package (Swagger UI: Apache-2.0, ReDoc: MIT; see NOTICE); ReDoc's
+is served with the one image it would fetch from a CDN replaced by an empty inline one.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 DOCS_URL = "/docs"
@@ -45,8 +47,28 @@ def assets_directory() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
+REDOC_LOGO_URL = b'"https://cdn.redoc.ly/redoc/logo-mini.svg"'
+NO_IMAGE = b'"data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E"'
+"""An empty SVG: ReDoc's sidebar keeps its "API docs by Redocly" link, without fetching the logo from a CDN."""
+
+
+@cache
+def redoc_bundle() -> bytes:
+    """ReDoc's bundle with its one outside request, the sidebar logo, replaced by an empty inline image."""
+    bundle = (assets_directory() / "redoc.standalone.js").read_bytes()
+    if bundle.count(REDOC_LOGO_URL) != 1:
+        raise RuntimeError("ReDoc's bundle no longer fetches its logo as this expects; see service/docs.py")
+    return bundle.replace(REDOC_LOGO_URL, NO_IMAGE)
+
+
 def install_docs(app: FastAPI) -> None:
     """Serve the docs pages and their assets; the app must be built with `docs_url=None, redoc_url=None`."""
+
+    # before the mount, so that this route answers for the file rather than the mount's copy
+    @app.get(f"{ASSETS_URL}/redoc.standalone.js", include_in_schema=False)
+    async def redoc_script() -> Response:
+        return Response(redoc_bundle(), media_type="text/javascript; charset=utf-8")
+
     app.mount(ASSETS_URL, StaticFiles(directory=assets_directory()), name="docs-assets")
 
     def under_root(request: Request, url: str) -> str:

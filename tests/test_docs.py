@@ -1,4 +1,5 @@
-"""/docs and /redoc work with no internet access: every asset comes from the service, checked in real Chromium.
+"""/docs and /redoc work with no internet access: every asset comes from the service, checked in real Chromium,
+which sees no request to another origin and no console error on either page.
 
 The browser is Debian's `chromium`, driven over the Chrome DevTools protocol (a websocket, no extra package).
 When it is missing and the tests run as root (as CI does), it is installed with apt-get; otherwise the test fails.
@@ -89,11 +90,13 @@ class Browser:
         self.fetched: list[str] = []
         self.blocked: list[str] = []
         self.exceptions: list[dict[str, Any]] = []
+        self.console_errors: list[str] = []
         self._urls: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.call("Network.enable")
         self.call("Page.enable")
         self.call("Runtime.enable")
+        self.call("Log.enable")  # the browser's own messages: policy violations, failed loads
 
     def _next_message(self, timeout: float) -> dict[str, Any]:
         message: dict[str, Any] = json.loads(self.page.recv(timeout=timeout))
@@ -105,6 +108,11 @@ class Browser:
             self.blocked.append(self._urls.get(params["requestId"], "?"))
         elif event == "Runtime.exceptionThrown":
             self.exceptions.append(params["exceptionDetails"])
+        elif event == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.console_errors.append(f"{params['entry'].get('url', '')}: {params['entry']['text']}")
+        elif event == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            words = [str(arg.get("value", arg.get("description"))) for arg in params["args"]]
+            self.console_errors.append(" ".join(words))
         return message
 
     def external_fetches(self, origin: str) -> list[str]:
@@ -114,6 +122,10 @@ class Browser:
             for url in self.fetched
             if not url.startswith((origin + "/", "data:", f"blob:{origin}/")) and url not in self.blocked
         ]
+
+    def outside_requests(self, origin: str) -> list[str]:
+        """Every URL the page asked for anywhere but `origin`, whether it was fetched or its policy refused it."""
+        return [url for url in self.fetched if not url.startswith((origin + "/", "data:", f"blob:{origin}/"))]
 
     def call(self, method: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
         request_id = next(self._ids)
@@ -130,6 +142,7 @@ class Browser:
         self.fetched.clear()
         self.blocked.clear()
         self.exceptions.clear()
+        self.console_errors.clear()
         self.call("Page.navigate", url=url)
         while self._next_message(timeout).get("method") != "Page.loadEventFired":
             pass
@@ -254,6 +267,8 @@ def test_swagger_ui_renders_the_operations_and_try_it_out_returns_200(
     browser.evaluate("1")  # flush the events of the page's last requests
     assert not browser.external_fetches(base), browser.fetched
     assert not browser.exceptions, browser.exceptions
+    assert not browser.outside_requests(base), browser.fetched
+    assert not browser.console_errors, browser.console_errors
     assert base + "/docs/assets/swagger-ui-bundle.js" in browser.fetched
     assert base + GRADIENTS in browser.fetched
 
@@ -266,4 +281,7 @@ def test_redoc_renders_the_operations(browser_and_server: tuple[Browser, str]) -
     browser.evaluate("1")
     assert not browser.external_fetches(base), browser.fetched
     assert not browser.exceptions, browser.exceptions
+    # ReDoc's sidebar logo came from a CDN (refused by the page's policy, a console error on every load)
+    assert not browser.outside_requests(base), browser.fetched
+    assert not browser.console_errors, browser.console_errors
     assert base + "/docs/assets/redoc.standalone.js" in browser.fetched
