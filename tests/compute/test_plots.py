@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from matplotlib.path import Path
 from PIL import Image
 
 from service.compute.activations import ActivationCurve, GradientSummary
-from service.compute.plots import plot_activations
+from service.compute.plots import activation_figure, plot_activations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 Z = np.linspace(-10.0, 10.0, 129)
@@ -117,3 +118,26 @@ def test_bad_input_is_rejected() -> None:
         plot_activations(SEED_CURVES, Z, theme=unknown_theme)
     with pytest.raises(ValueError, match="129 values for 64 points"):
         plot_activations(SEED_CURVES, Z[:64])
+
+
+@pytest.mark.parametrize("theme", ["dark", "light"])
+@pytest.mark.parametrize("names", [["sigmoid", "tanh", "relu", "leaky_relu"], ["tanh"], ["softmax", "relu", "tanh"]])
+def test_no_legend_covers_a_curve(names: list[str], theme: Any) -> None:
+    # where the renderer puts each legend box and each curve, in pixels of the drawn figure
+    figure = activation_figure([_curve(name, Z) for name in names], Z, theme=theme)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    panels = figure.get_axes()
+    assert len(panels) == len(names)
+    for panel, name in zip(panels, names, strict=True):
+        legend = panel.get_legend()
+        assert legend is not None
+        box = legend.get_window_extent(renderer)
+        assert panel.get_window_extent(renderer).contains(box.x0 + 1, box.y0 + 1)  # inside its panel
+        lines = panel.get_lines()
+        assert len(lines) == 2
+        for line in lines:
+            drawn = Path(panel.transData.transform(line.get_xydata()))
+            # neither a point nor a segment between points crosses the box
+            assert not drawn.intersects_bbox(box, filled=False), (name, line.get_label())
+            assert not box.count_contains(drawn.vertices), (name, line.get_label())
