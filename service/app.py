@@ -17,9 +17,10 @@ from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, call_self
+from service.models import ModelRepository
 from service.observability import configure_logging, install_observability
 from service.openapi import install_openapi, operation_id
-from service.routes import activations, explanations, gradient_check, networks, system, tape
+from service.routes import activations, explanations, gradient_check, models, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker = Worker(settings)
         await worker.start()
         app.state.worker = worker
+        # the repository's loader thread pins its TensorFlow work to the worker's device
+        app.state.models.start(worker.pinned_device)
         app.state.http_warm = not settings.warmup
         warming = asyncio.create_task(warm_http(app, worker, settings)) if settings.warmup else None
         try:
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if warming is not None:
                 warming.cancel()
+            await asyncio.to_thread(app.state.models.stop)
             await worker.stop()
             renderer = getattr(app.state, "plot_renderer", None)
             if renderer is not None:
@@ -86,13 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
+    app.state.models = ModelRepository(settings)  # started by the lifespan
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
     # busiest routes first (the router tries them in order; /metrics, added above, stays first in OpenAPI)
-    for module in (networks, system, tape, activations, gradient_check, explanations):
+    for module in (networks, models, system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)
