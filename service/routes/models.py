@@ -42,7 +42,7 @@ class TFServingRoute(StrictJSONRoute):
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TFServingRoute)
 
-PREDICT_BODY = JSONBody(PredictRequest)
+PREDICT_BODY = JSONBody(PredictRequest, undeclared_is_json=True)
 READ_PROBLEMS = problem_responses(401, 404, 422)
 PREDICT_PROBLEMS = {**PROBLEM_RESPONSES, **problem_responses(404, 503)}
 Name = Annotated[str, Path(description="The model's folder name in the repository.", examples=["diabetes"])]

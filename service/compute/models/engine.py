@@ -83,9 +83,19 @@ class ModelsEngine:
             outputs: Outputs = job.served.predict(job.signature, inputs)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             # shapes the signature allows but the model's own ops refuse (e.g. batch sizes that differ)
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise InvalidInput(f"the model cannot run on these inputs: {first_line[:500]}", job.loc) from error
+            raise InvalidInput(f"the model cannot run on these inputs: {_reason(error)}", job.loc) from error
         return outputs
+
+
+_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "[Op:", "Stack trace", "<", "Traceback")
+
+
+def _reason(error: BaseException) -> str:
+    """The line of TensorFlow's message that says what went wrong (not its stack trace or node names)."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith(_NOISE)]
+    return (meaningful[-1] if meaningful else type(error).__name__)[:500]
 
 
 ENGINE = ModelsEngine()
