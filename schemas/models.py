@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SkipValidation, WithJsonSchema, model_validator
 
 from schemas.tensors import TensorIn
 
@@ -33,6 +33,22 @@ PlainValues = Annotated[
         }
     ),
 ]
+
+NamedTensors = Annotated[dict[str, TensorIn], Field(title="NamedTensors")]
+
+
+class NamedValues(RootModel[dict[str, Any]]):
+    """Output name → its values (a number, or nested arrays; non-finite values as strings)."""
+
+
+Predicted = (
+    Annotated[float, Field(title="PredictedNumber")]
+    | Annotated[Literal["NaN", "Infinity", "-Infinity"], Field(title="PredictedNonFinite")]
+    | Annotated[list[Any], Field(title="PredictedNested")]
+    | NamedValues
+)
+"""A number, nested arrays (non-finite values as strings), or an object of output name → such values. Answers
+are rendered as they are, not through this type: it documents them."""
 
 
 # ---------------------------------------------------------------------------------------------- list, status
@@ -132,6 +148,15 @@ class ModelMetadata(BaseModel):
 # ---------------------------------------------------------------------------------------------- predict
 
 
+Instance = SkipValidation[
+    Annotated[float, Field(title="InstanceNumber")]
+    | Annotated[list[Any], Field(title="InstanceNested")]
+    | Annotated[NamedValues, Field(title="InstanceByName")]
+]
+"""One instance: the value of the only input, or an object of input name → value. Documented here, checked by
+the adapter against the signature (with the codec's exact locations)."""
+
+
 class PredictRequest(BaseModel):
     """TF Serving's predict: exactly one of `instances` (row format) or `inputs` (columnar format)."""
 
@@ -148,13 +173,13 @@ class PredictRequest(BaseModel):
     signature_name: str = Field(
         default=DEFAULT_SIGNATURE, min_length=1, max_length=256, description="The signature to run."
     )
-    instances: list[PlainValues] | None = Field(
+    instances: list[Instance] | None = Field(
         default=None,
         max_length=1_048_576,
         description="Row format: one entry per instance — the value of the only input, or an object of input "
         "name → value. Values are JSON numbers and nested arrays, as TF Serving takes them.",
     )
-    inputs: TensorIn | dict[str, TensorIn] | None = Field(
+    inputs: TensorIn | NamedTensors | None = Field(
         default=None,
         description="Columnar format: the batched value of the only input, or an object of input name → batched "
         "value; a value may also be any Tensor form ({shape, data}, {shape, dtype, b64}).",
@@ -175,5 +200,10 @@ class PredictResponse(BaseModel):
         json_schema_extra={"examples": [{"predictions": [[0.48843524, 0.51156473]]}]},
     )
 
-    predictions: list[PlainValues | dict[str, PlainValues]] | None = Field(default=None)
-    outputs: PlainValues | dict[str, PlainValues] | None = Field(default=None)
+    # no `| None`: a union inside the optional's union defeats client generators
+    predictions: list[Predicted] = Field(
+        default=None, description="Per instance: its values, or an object of output name → values."
+    )
+    outputs: Predicted = Field(
+        default=None, description="The batched values of the only output, or an object of output name → values."
+    )

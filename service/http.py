@@ -114,6 +114,10 @@ class ParsedBody(Generic[M]):
     arrays: dict[str, np.ndarray]
 
 
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+"""The models of every `JSONBody`, by component name: the OpenAPI document holds each (see `service.openapi`)."""
+
+
 @dataclass(frozen=True)
 class JSONBody(Generic[M]):
     """The JSON body of a route that reads it itself (`await body.read(request)`), so
@@ -126,6 +130,9 @@ class JSONBody(Generic[M]):
     undeclared_is_json: bool = False
     """Read a body sent with no Content-Type, or with curl's default for `-d`
     (application/x-www-form-urlencoded), as JSON too: TF Serving does, and its documented calls rely on it."""
+
+    def __post_init__(self) -> None:
+        BODY_MODELS.setdefault(self.model.__name__, self.model)
 
     @property
     def openapi(self) -> dict[str, Any]:
