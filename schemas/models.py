@@ -200,10 +200,9 @@ class PredictResponse(BaseModel):
         json_schema_extra={"examples": [{"predictions": [[0.48843524, 0.51156473]]}]},
     )
 
-    # no `| None`: a union inside the optional's union defeats client generators
-    predictions: list[Predicted] = Field(
+    predictions: list[Predicted] | None = Field(
         default=None, description="Per instance: its values, or an object of output name → values."
     )
-    outputs: Predicted = Field(
+    outputs: Predicted | None = Field(
         default=None, description="The batched values of the only output, or an object of output name → values."
     )
