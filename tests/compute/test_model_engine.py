@@ -19,7 +19,10 @@ def test_merged_keras_jobs_are_split_back_equal_to_their_own_calls(tmp_path: pat
     signature = served.signatures["serving_default"]
     jobs = []
     for size in (1, 3, 2):
-        inputs = {"a": RNG.normal(size=(size, 2)).astype(np.float32), "b": RNG.normal(size=(size, 3)).astype(np.float32)}
+        inputs = {
+            "a": RNG.normal(size=(size, 2)).astype(np.float32),
+            "b": RNG.normal(size=(size, 3)).astype(np.float32),
+        }
         jobs.append(PredictJob(served, "serving_default", inputs, mergeable(served, signature, inputs)))
     assert [job.batch for job in jobs] == [1, 3, 2]
     assert len({ENGINE.merge_key(job) for job in jobs}) == 1
