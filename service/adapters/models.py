@@ -9,11 +9,10 @@ import numpy as np
 
 from schemas.models import PredictRequest
 from service import codec
-from service.compute.models.engine import ENGINE, Outputs, PredictJob, mergeable
+from service.compute.models.engine import Outputs, PredictJob, mergeable
 from service.compute.models.spec import SignatureInfo, TensorInfo
 from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
 from service.models import Lease, ModelRepository, VersionStatus
-from service.worker import Worker
 
 VERSION_LOC = ("path", "version")
 _TENSOR_KEYS = frozenset({"shape", "data", "dtype", "b64"})
@@ -236,15 +235,6 @@ def decode_predict(body: PredictRequest, lease: Lease, max_elements: int) -> Pre
         loc = ("body", "inputs")
     batch = mergeable(lease.served, signature, inputs)
     return PredictJob(served=lease.served, signature=signature.name, inputs=inputs, batch=batch, loc=tuple(loc))
-
-
-async def run_predict(worker: Worker, job: PredictJob) -> Outputs:
-    """The job in the worker, merged with waiting jobs of its key."""
-    key = ENGINE.merge_key(job)
-    if key is None:
-        return await worker.run(ENGINE.run_one, job)
-    result: Outputs = await worker.run_merged(key, job, ENGINE.run)
-    return result
 
 
 def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:

@@ -109,7 +109,7 @@ async def _predict(
     body = (await PREDICT_BODY.read(request)).model
     with models.lease(name, version) as lease:
         job = adapt.decode_predict(body, lease, max_elements)
-        outputs = await adapt.run_predict(worker, job)
+        outputs = await worker.run("models", job)
     return json_response(adapt.encode_predict(body, outputs))
 
 

@@ -6,11 +6,12 @@ import pathlib
 
 import numpy as np
 
-from service.compute.models.engine import ENGINE, PredictJob, mergeable
+from service.compute.models.engine import ModelsEngine, PredictJob, mergeable
 from service.compute.models.loading import load_version
 from tests import model_repo
 
 RNG = np.random.default_rng(5)
+ENGINE = ModelsEngine()
 
 
 def test_merged_keras_jobs_are_split_back_equal_to_their_own_calls(tmp_path: pathlib.Path) -> None:

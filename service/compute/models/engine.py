@@ -1,7 +1,7 @@
 """The models engine: jobs that run a served version's signature, merged along the batch axis when they can be.
 
-It runs in the worker's thread. The module imports no TensorFlow itself (the adapters build its jobs on the
-event loop); the version's own functions do.
+It runs in the worker's lane (registered as "models"). The module imports no TensorFlow itself, so the
+adapters can build its jobs on the event loop; the version's own functions run TensorFlow.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def mergeable(served: Any, signature: SignatureInfo, inputs: dict[str, np.ndarra
 
 
 class ModelsEngine:
-    """`merge_key` and `run` as the worker's engines have them."""
+    """The worker's `Engine` protocol for served models: `merge_key` and `run`."""
 
     def merge_key(self, job: PredictJob) -> Hashable | None:
         if job.batch is None:
@@ -72,9 +72,6 @@ class ModelsEngine:
             start = stop
         return answers
 
-    def run_one(self, job: PredictJob) -> Outputs:
-        return self._call(job, job.inputs)
-
     @staticmethod
     def _call(job: PredictJob, inputs: dict[str, np.ndarray]) -> Outputs:
         import tensorflow as tf  # noqa: PLC0415  (in the worker's thread, where TensorFlow is loaded already)
@@ -96,6 +93,3 @@ def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines()]
     meaningful = [line for line in lines if line and not line.startswith(_NOISE)]
     return (meaningful[-1] if meaningful else type(error).__name__)[:500]
-
-
-ENGINE = ModelsEngine()
