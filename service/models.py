@@ -180,11 +180,15 @@ class ModelRepository:
     def start(self, pinned_device: str) -> None:
         """Start the loader thread; it loads what the directory holds now, then polls it."""
         self._pinned_device = pinned_device
+        self._stop.clear()
+        self._initial.clear()
+        self._previous = {}
         self._thread = threading.Thread(target=self._main, name="tapeserve-models", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling (a load in progress finishes first) and drop every loaded version."""
+        """Stop polling (a load in progress finishes first) and drop every loaded version (END); a later
+        `start` loads them again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -192,7 +196,8 @@ class ModelRepository:
         with self._lock:
             for versions in self.models.values():
                 for record in versions.values():
-                    record.served = None
+                    if record.served is not None or record.state in ("START", "LOADING", "AVAILABLE", "UNLOADING"):
+                        record.served, record.state = None, "END"
 
     @property
     def ready(self) -> bool:
@@ -355,10 +360,14 @@ class ModelRepository:
             record = versions.get(version)
             if record is None:
                 raise ModelNotFound(f"Servable not found for request: version {version} of model {name!r}.")
-            if record.state == "AVAILABLE":
+            if record.state == "AVAILABLE" and record.served is not None:
                 return record
             raise self._not_serving(record)
-        available = [record for number, record in sorted(versions.items(), reverse=True) if record.state == "AVAILABLE"]
+        available = [
+            record
+            for _, record in sorted(versions.items(), reverse=True)
+            if record.state == "AVAILABLE" and record.served is not None
+        ]
         if available:
             return available[0]
         loading = [record for record in versions.values() if record.state in ("START", "LOADING")]

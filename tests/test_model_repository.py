@@ -217,3 +217,15 @@ def test_the_app_polls_loads_and_unloads_in_its_loader_thread(root: pathlib.Path
         _wait_for(lambda: client.get("/v1/models").json()["models"][0]["versions"] == ["1"])
         gone = client.post("/v1/models/m/versions/2:predict", json={"instances": X.tolist()})
         assert gone.status_code == 404 and "not served (state END)" in gone.json()["error"]
+
+
+def test_an_app_started_again_loads_its_models_again(root: pathlib.Path) -> None:
+    client = make_client(model_dir=str(root), model_poll_s=0, warmup=False)
+    for _ in range(2):
+        with client:
+            wait_ready(client)
+            answer = client.post("/v1/models/m:predict", json={"instances": X.tolist()})
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(answer.json()["predictions"], _expected(1), rtol=1e-6)
+        # stopped: every version is unloaded
+        assert client.app.state.models.status("m") == [VersionStatus(1, "END", "OK", "")]  # type: ignore[attr-defined]

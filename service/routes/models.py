@@ -104,10 +104,11 @@ PREDICT_DESCRIPTION = (
 
 
 async def _predict(
-    request: Request, name: str, version: int | None, *, models: ModelRepository, worker: Worker, max_elements: int
+    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
 ) -> JSONBytesResponse:
-    body = (await PREDICT_BODY.read(request)).model
-    with models.lease(name, version) as lease:
+    body = (await PREDICT_BODY.read(request)).model  # a body that is not JSON is a 400 whatever the path says
+    number = None if version is None else adapt.parse_version(version)
+    with models.lease(name, number) as lease:
         job = adapt.decode_predict(body, lease, max_elements)
         outputs = await worker.run("models", job)
     return json_response(adapt.encode_predict(body, outputs))
@@ -140,7 +141,4 @@ async def predict(
 async def predict_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
     request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
 ) -> JSONBytesResponse:
-    version_number = adapt.parse_version(version)
-    return await _predict(
-        request, name, version_number, models=models, worker=worker, max_elements=settings.max_elements
-    )
+    return await _predict(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
