@@ -22,7 +22,7 @@ async def network_gradients(request: Request, worker: WorkerDep) -> JSONBytesRes
     # the settings are the worker's (the app's one object): a second dependency costs every request
     body = await NETWORK_BODY.read(request)
     problem = adapt.decode_network(body.model, worker.settings.max_elements, body.arrays)
-    result = await worker.network_gradients(problem)
+    result = await worker.run("networks", problem)
     return json_response(
         adapt.encode_network(result, worker.pinned_device, body.model.dtype, body.model.response_encoding)
     )
