@@ -18,8 +18,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.networks import SEED_REQUEST
+from service import observability
 from service.app import create_app
-from service.observability import UNMATCHED_ROUTE, BatchingStreamHandler, JsonFormatter, configure_logging
+from service.observability import (
+    UNMATCHED_ROUTE,
+    BatchingStreamHandler,
+    JsonFormatter,
+    configure_logging,
+    log_access,
+)
 from service.settings import Settings
 from tests.blocking import BlockedWorker, wait_until
 from tests.conftest import make_client, wait_ready
@@ -244,6 +251,45 @@ def test_interval_zero_writes_every_line_at_once() -> None:
         assert "now" in stream.getvalue()
     finally:
         handler.close()
+
+
+def test_access_lines_written_directly_equal_those_logging_writes() -> None:
+    # the direct path (the batching handler is the only one) against logging's own (a filter on the
+    # access logger sends the record through Logger, LogRecord and JsonFormatter.format)
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    scope = {"method": "POST", "path": "/v1/networks/gradients", "state": {"request_id": "req-7"}}
+    access = logging.getLogger("tapeserve.access")
+    try:
+        configure_logging("info", stream, flush_interval=0)
+        assert observability._sole_access_handler() is root.handlers[0]
+        log_access(scope, 200, 0.0012345)
+        access.addFilter(lambda record: True)
+        try:
+            assert observability._sole_access_handler() is None
+            log_access(scope, 200, 0.0012345)
+        finally:
+            access.filters.clear()
+    finally:
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    direct, logged = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert direct.pop("ts")[:16] == logged.pop("ts")[:16]  # the same minute (ISO 8601 with milliseconds)
+    assert list(direct.items()) == list(logged.items())  # the same members, in the same order
+    assert direct == {
+        "level": "INFO",
+        "logger": "tapeserve.access",
+        "msg": "POST /v1/networks/gradients 200",
+        "request_id": "req-7",
+        "method": "POST",
+        "path": "/v1/networks/gradients",
+        "status": 200,
+        "duration_ms": 1.234,
+    }
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
