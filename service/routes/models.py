@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from schemas.models import ModelList, ModelMetadata, ModelStatus, PredictRequest, PredictResponse
+from schemas.models import (
+    GradientsRequest,
+    GradientsResponse,
+    ModelList,
+    ModelMetadata,
+    ModelStatus,
+    PredictRequest,
+    PredictResponse,
+)
 from schemas.problems import PROBLEM_RESPONSES, problem_responses
 from service.adapters import models as adapt
 from service.deps import ModelsDep, SettingsDep, WorkerDep
@@ -142,3 +150,51 @@ async def predict_version(  # noqa: PLR0917  (FastAPI passes dependencies by key
     request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
 ) -> JSONBytesResponse:
     return await _predict(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+GRADIENTS_BODY = JSONBody(GradientsRequest, undeclared_is_json=True)
+GRADIENTS_DESCRIPTION = (
+    "What `tape.gradient(target, sources)` gives in process on the same model and batch: the target is an "
+    "output (the gradient of its sum), one class per instance (`class_index`), a cotangent "
+    "(`output_gradients`), or a loss; the sources are inputs and/or the trainable variables."
+)
+
+
+async def _gradients(
+    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
+) -> JSONBytesResponse:
+    body = (await GRADIENTS_BODY.read(request)).model
+    number = None if version is None else adapt.parse_version(version)
+    with models.lease(name, number) as lease:
+        job = adapt.decode_gradients(body, lease, max_elements)
+        result = await worker.run("models", job)
+        document = adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding)
+    return json_response(document)
+
+
+@router.post(
+    "/{name}:gradients",
+    response_model=GradientsResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=GRADIENTS_BODY.openapi,
+    summary="Gradients of a model's highest available version",
+    description=GRADIENTS_DESCRIPTION,
+)
+async def gradients(
+    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _gradients(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+@router.post(
+    "/{name}/versions/{version}:gradients",
+    response_model=GradientsResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=GRADIENTS_BODY.openapi,
+    summary="Gradients of one version",
+    description=GRADIENTS_DESCRIPTION,
+)
+async def gradients_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
+    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _gradients(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
