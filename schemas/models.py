@@ -242,7 +242,9 @@ class GradientsRequest(PredictRequest):
     )
 
     output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
-    class_index: int | list[int] | None = Field(default=None, description="The target is output[..., k].")
+    class_index: (
+        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+    ) = Field(default=None, description="The target is output[..., k]: one k, or one per instance.")
     output_gradients: TensorIn | None = Field(default=None, description="A cotangent shaped like the output.")
     loss: ModelLoss | None = Field(default=None, description="A loss on the output.")
     sources: list[str] = Field(
