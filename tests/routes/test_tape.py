@@ -120,11 +120,16 @@ def test_b64_inputs_and_outputs(client: TestClient) -> None:
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(tensor["b64"]), dtype="<f4"), [2.0, 4.0, 6.0])
 
 
-def test_integer_source_is_explained(client: TestClient) -> None:
+def test_integer_source_is_null_with_tensorflows_warning(client: TestClient) -> None:
+    # issue 15: as tape.gradient answers an integer source, None and its log line, not a 422
     body = copy.deepcopy(SEED_TAPE_REQUEST)
     body["compute"] = [{"kind": "gradient", "target": "L", "sources": ["y"]}]
-    document = problem(client, body, "tape-semantics")
-    assert "float" in document["detail"] and document["compute_index"] == 0
+    result = post(client, body)["results"][0]
+    assert result["values"] == [None]
+    assert result["warnings"] == [
+        "The dtype of the source tensor must be floating (e.g. tf.float32) when calling GradientTape.gradient, "
+        "got tf.int32"
+    ]
 
 
 def test_tensorflow_error_names_the_line(client: TestClient) -> None:

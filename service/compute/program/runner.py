@@ -25,6 +25,7 @@ from service.compute.errors import (
     NonPersistentTapeError,
     TapeSemanticsError,
 )
+from service.compute.program.dtype_warnings import WATCHED_TENSOR, dtype_warning, dtype_warnings
 from service.compute.program.limits import DEFAULT_MAX_ELEMENTS, TOTAL_FACTOR
 from service.compute.program.parse import ParsedProgram, parse_program
 from service.compute.program.requests import (
@@ -164,10 +165,6 @@ class TapeRunner:
             raise TapeSemanticsError(
                 f"{role} {name!r} is {describe(value)}, not a tensor; make it one with tf.constant(...)", index
             )
-        if not value.dtype.is_floating:
-            raise TapeSemanticsError(
-                f"only float tensors are differentiable: {role} {name!r} is {value.dtype.name}", index
-            )
         return value
 
     def check_size(self, index: int, count: int, what: str, *, vectorised: int = 0, peak: int = 1) -> None:
@@ -222,7 +219,8 @@ class TapeRunner:
             )
         else:
             values = [self._jvp(index, request, sources, unconnected)]
-        return ComputeResult(request.kind, request.target, tuple(request.sources), values)
+        warnings = tuple(dtype_warnings(request.kind, target, sources))
+        return ComputeResult(request.kind, request.target, tuple(request.sources), values, warnings)
 
     def _gradient(
         self, index: int, request: ComputeRequest, *, tape: Any, target: Any, sources: list[Any], unconnected: Any
@@ -299,9 +297,12 @@ class TapeRunner:
     def _jvp(
         self, index: int, request: ComputeRequest, sources: list[Any], unconnected: Any
     ) -> np.ndarray[Any, Any] | None:
-        tangents = []
+        tangents: list[Any] = []
         given_tangents = request.tangents or ()
         for position, (name, source, given) in enumerate(zip(request.sources, sources, given_tangents, strict=True)):
+            if not source.dtype.is_floating:
+                tangents.append(None)  # TensorFlow warns and gives it no tangent: its jvp is None
+                continue
             tangent = np.asarray(given)
             if tangent.shape != tensor_shape(source):
                 raise TapeSemanticsError(
@@ -326,14 +327,15 @@ class TapeRunner:
                     accumulators.append(stack.enter_context(tf.autodiff.ForwardAccumulator(primal, tangent)))
 
             for position, name in enumerate(request.sources):
-                if position not in pending:
+                if position not in pending and tangents[position] is not None:
                     start(self.inputs[name], tangents[position])
 
             def on_assign(name: str, statement: int, value: Any) -> None:
                 for position, (source, last) in list(pending.items()):
                     if source == name and last == statement:
                         del pending[position]
-                        start(value, tangents[position])
+                        if tangents[position] is not None:
+                            start(value, tangents[position])
 
             rerun = self.run((), on_assign)
         final_target = rerun.env[request.target]
@@ -386,4 +388,6 @@ def run_tape(
         main = runner.run((tape,))
     values = _collect_outputs(main.env, parsed, outputs, dtype)
     results = [runner.answer(index, request, tape, main) for index, request in enumerate(compute)]
-    return TapeRun(values, results)
+    watched = [dtype_warning(WATCHED_TENSOR, tensors[name]) for name in watch_names]
+    warnings = [warning for warning in watched if warning is not None] + main.warnings
+    return TapeRun(values, results, tuple(dict.fromkeys(warnings)))
