@@ -294,31 +294,43 @@ class TapeRunner:
                 blocks.append(_to_numpy(block))
         return blocks
 
-    def _jvp(
-        self, index: int, request: ComputeRequest, sources: list[Any], unconnected: Any
-    ) -> np.ndarray[Any, Any] | None:
+    def _tangents(self, index: int, request: ComputeRequest, sources: list[Any]) -> list[Any]:
+        """One tangent per source, as the source's dtype; None for a non-float source (TensorFlow warns
+        and its jvp is None)."""
         tangents: list[Any] = []
         given_tangents = request.tangents or ()
         for position, (name, source, given) in enumerate(zip(request.sources, sources, given_tangents, strict=True)):
             if not source.dtype.is_floating:
-                tangents.append(None)  # TensorFlow warns and gives it no tangent: its jvp is None
+                tangents.append(None)
                 continue
             tangent = np.asarray(given)
+            where = ("compute", index, "tangents", position)
             if tangent.shape != tensor_shape(source):
                 raise TapeSemanticsError(
                     f"the tangent for {name!r} has shape {list(tangent.shape)}, the source has "
                     f"{list(tensor_shape(source))}",
                     index,
-                    ("compute", index, "tangents", position),
+                    where,
                 )
-            where = ("compute", index, "tangents", position)
             tangents.append(_given_as(tangent, source.dtype, index, where, f"the tangent for {name!r}"))
-        # a source the program assigns starts its accumulator when its last assignment runs
+        return tangents
+
+    def _jvp(
+        self, index: int, request: ComputeRequest, sources: list[Any], unconnected: Any
+    ) -> np.ndarray[Any, Any] | None:
+        tangents = self._tangents(index, request, sources)
+        # a source the program assigns starts its accumulator when its last assignment runs; the inputs
+        # share one accumulator (a name listed twice has its tangents summed), as TensorFlow code would
         pending = {
             position: (name, self.parsed.last_assignment[name])
             for position, name in enumerate(request.sources)
-            if name in self.parsed.last_assignment
+            if name in self.parsed.last_assignment and tangents[position] is not None
         }
+        from_inputs: dict[str, Any] = {}
+        for position, name in enumerate(request.sources):
+            if position not in pending and tangents[position] is not None:
+                known = from_inputs.get(name)
+                from_inputs[name] = tangents[position] if known is None else known + tangents[position]
         with contextlib.ExitStack() as stack:
             accumulators = []
 
@@ -326,26 +338,24 @@ class TapeRunner:
                 with _tape_errors(index):
                     accumulators.append(stack.enter_context(tf.autodiff.ForwardAccumulator(primal, tangent)))
 
-            for position, name in enumerate(request.sources):
-                if position not in pending and tangents[position] is not None:
-                    start(self.inputs[name], tangents[position])
+            if from_inputs:
+                start([self.inputs[name] for name in from_inputs], list(from_inputs.values()))
 
             def on_assign(name: str, statement: int, value: Any) -> None:
                 for position, (source, last) in list(pending.items()):
                     if source == name and last == statement:
                         del pending[position]
-                        if tangents[position] is not None:
-                            start(value, tangents[position])
+                        start(value, tangents[position])
 
             rerun = self.run((), on_assign)
         final_target = rerun.env[request.target]
         with _tape_errors(index):
             products = [a.jvp(final_target, unconnected_gradients=unconnected) for a in accumulators]
-        present = [p for p in products if p is not None]
+        # TensorFlow's jvp of some ops (segment_sum, ...) is IndexedSlices, made dense here as for gradients
+        present = [tf.convert_to_tensor(p) for p in products if p is not None]
         if not present:
             return None
         return _to_numpy(tf.add_n(present) if len(present) > 1 else present[0])
-
 
 def run_tape(
     inputs: Mapping[str, TapeInput],
