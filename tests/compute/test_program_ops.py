@@ -61,6 +61,27 @@ LABELS = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25
 """Distributions along the last axis: TensorFlow's gradient by the logits, softmax - labels, is the
 derivative only where the labels sum to 1 (elsewhere the answer is still TensorFlow's, as tested)."""
 
+
+def split_unpacked(t: Tensors) -> Any:
+    a, b = tf.split(t["x"], 2, axis=0)
+    return a * b + tf.reduce_sum(b)
+
+
+def split_subscripted(t: Tensors) -> Any:
+    p = tf.split(t["x"], [1, -1], 1)
+    return p[0] * p[1][:, 1:] + p[-1][:, :1]
+
+
+def split_in_three(t: Tensors) -> Any:
+    c, d, e = tf.split(t["x"], num_or_size_splits=3, axis=-1)
+    return c * d * e
+
+
+def segment_reference(name: str, *num_segments: int) -> Callable[[Tensors], Any]:
+    function = getattr(tf.math, name)
+    return lambda t: function(t["x"], t["ids"], *num_segments)
+
+
 CASES: list[Case] = [
     Case(
         "reduce_euclidean_norm",
@@ -118,7 +139,7 @@ CASES: list[Case] = [
         Case(
             f"segment_{kind}",
             f"y = tf.math.segment_{kind}(x, ids)",
-            lambda t, kind=kind: getattr(tf.math, f"segment_{kind}")(t["x"], t["ids"]),
+            segment_reference(f"segment_{kind}"),
             {"x": SEGMENT_DATA},
             {"ids": np.array([0, 0, 2, 2], dtype=np.int32)},
         )
@@ -128,7 +149,7 @@ CASES: list[Case] = [
         Case(
             f"unsorted_segment_{kind}",
             f"y = tf.math.unsorted_segment_{kind}(x, ids, 3)",
-            lambda t, kind=kind: getattr(tf.math, f"unsorted_segment_{kind}")(t["x"], t["ids"], 3),
+            segment_reference(f"unsorted_segment_{kind}", 3),
             {"x": SEGMENT_DATA},
             {"ids": np.array([2, 0, 2, 1], dtype=np.int64)},
         )
@@ -241,19 +262,19 @@ CASES: list[Case] = [
     Case(
         "split_unpacked",
         "a, b = tf.split(x, 2, axis=0)\ny = a * b + tf.reduce_sum(b)",
-        lambda t: (lambda a, b: a * b + tf.reduce_sum(b))(*tf.split(t["x"], 2, axis=0)),
+        split_unpacked,
         {"x": X23},
     ),
     Case(
         "split_sizes_subscripted",
         "p = tf.split(x, [1, -1], 1)\ny = p[0] * p[1][:, 1:] + p[-1][:, :1]",
-        lambda t: (lambda p: p[0] * p[1][:, 1:] + p[-1][:, :1])(tf.split(t["x"], [1, -1], 1)),
+        split_subscripted,
         {"x": X23},
     ),
     Case(
         "split_negative_axis",
         "c, d, e = tf.split(x, num_or_size_splits=3, axis=-1)\ny = c * d * e",
-        lambda t: (lambda c, d, e: c * d * e)(*tf.split(t["x"], num_or_size_splits=3, axis=-1)),
+        split_in_three,
         {"x": X23},
     ),
     Case(
@@ -471,3 +492,42 @@ def test_what_tensorflow_cannot_do_on_this_device_is_its_own_error() -> None:
     forward = run_tape({n: TapeInput(v) for n, v in inputs.items()}, dilated, compute=[], float_dtype="float64")
     reference = tf.nn.conv2d(tf.constant(IMAGE), tf.constant(FILTERS), 1, "SAME", dilations=[2, 1])
     np.testing.assert_array_equal(forward.values["y"], reference.numpy())
+
+
+def test_indexed_slices_are_densified_for_every_kind() -> None:
+    """By a variable, tf.gather's and embedding_lookup's gradients are IndexedSlices in TensorFlow, and
+    segment_sum's forward-mode product is too: every result is their dense form."""
+    table = tf.Variable(TABLE)
+    ids = tf.constant([[0, 2], [3, 2]])
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape(persistent=True) as tape:
+            looked = tf.nn.embedding_lookup(table, ids)
+            gathered = tf.gather(table, [1, 1, 0])
+            loss = tf.reduce_sum(looked**3) + tf.reduce_sum(tf.sin(gathered))
+        first = tape.gradient(loss, table)
+    assert isinstance(first, tf.IndexedSlices)
+    hessian = outer.jacobian(first, table)
+    jacobian = tape.jacobian(gathered, table)
+    with tf.autodiff.ForwardAccumulator(table, tf.ones_like(table)) as accumulator:
+        segments = tf.math.segment_sum(table, [0, 0, 1, 1])
+    assert isinstance(accumulator.jvp(segments), tf.IndexedSlices)
+    program = (
+        "looked = tf.nn.embedding_lookup(table, ids)\ngathered = tf.gather(table, [1, 1, 0])\n"
+        "loss = tf.reduce_sum(looked ** 3) + tf.reduce_sum(tf.sin(gathered))\n"
+        "segments = tf.math.segment_sum(table, [0, 0, 1, 1])"
+    )
+    run = run_tape(
+        {"table": TapeInput(TABLE, variable=True), "ids": TapeInput(ids.numpy())},
+        program,
+        compute=[
+            ComputeRequest("gradient", "loss", ("table",)),
+            ComputeRequest("jacobian", "gathered", ("table",)),
+            ComputeRequest("hessian", "loss", ("table",)),
+            ComputeRequest("jvp", "segments", ("table",), tangents=(np.ones(TABLE.shape),)),
+        ],
+        persistent=True,
+        float_dtype="float64",
+    )
+    expected = [tf.convert_to_tensor(first), jacobian, hessian, tf.convert_to_tensor(accumulator.jvp(segments))]
+    for result, want in zip(run.results, expected, strict=True):
+        np.testing.assert_array_equal(result.values[0], want.numpy())

@@ -357,6 +357,7 @@ class TapeRunner:
             return None
         return _to_numpy(tf.add_n(present) if len(present) > 1 else present[0])
 
+
 def run_tape(
     inputs: Mapping[str, TapeInput],
     program: str | ParsedProgram,

@@ -64,11 +64,12 @@ def _pads(padding: object, spatial: int, channels_last: bool) -> list[tuple[int,
 
 
 def output_length(length: int, window: int, stride: int, dilation: int, pads: tuple[int, int] | str) -> int:
+    """Output positions along one axis; -1 when the (dilated) window is larger than the padded input."""
     if pads == "SAME":
         return -(-length // stride)
     before, after = pads if isinstance(pads, tuple) else (0, 0)
     span = length + before + after - ((window - 1) * dilation + 1)
-    return span // stride + 1 if span >= 0 else 0
+    return span // stride + 1 if span >= 0 else -1
 
 
 @dataclass(frozen=True)
@@ -94,15 +95,24 @@ def layout(args: Args, spatial: int) -> Layout:
     return Layout(spatial, data_format is None or data_format in CHANNELS_LAST)
 
 
-def _geometry(args: Args, spatial: int, kernel: list[int], strides: str, dilations: list[int]) -> tuple[int, ...]:
+def _geometry(
+    args: Args, spatial: int, kernel: list[int], strides: str, dilations: list[int], *, must_fit: bool
+) -> tuple[int, ...]:
+    """Output extents; a window larger than the padded input gives none, or (`must_fit`) is refused:
+    TensorFlow's float32 CPU convolution answers a tensor of the wrong shape there."""
     place = layout(args, spatial)
     _, lengths, _ = place.split(shape_of(args["input"], "input"), "input")
     steps = per_axis(args[strides], strides, spatial, place.channels_last)
     pads = _pads(args["padding"], spatial, place.channels_last)
-    return tuple(
+    out = tuple(
         output_length(n, k, s, d, pads if isinstance(pads, str) else pads[axis])
         for axis, (n, k, s, d) in enumerate(zip(lengths, kernel, steps, dilations, strict=True))
     )
+    if must_fit and -1 in out:
+        raise ValueProblem(
+            f"the filter window {kernel} (dilations {dilations}) is larger than the padded input {list(lengths)}"
+        )
+    return tuple(max(n, 0) for n in out)
 
 
 def convolution(spatial: int, strides: str, filters: str, depthwise: bool = False) -> Callable[[Args], Window]:
@@ -117,7 +127,7 @@ def convolution(spatial: int, strides: str, filters: str, depthwise: bool = Fals
         if any(k < 1 for k in kernel[:spatial]):
             raise ValueProblem(f"{filters} has an empty window {list(kernel[:spatial])}")
         dilations = per_axis(args["dilations"], "dilations", spatial, place.channels_last)
-        out = _geometry(args, spatial, list(kernel[:spatial]), strides, dilations)
+        out = _geometry(args, spatial, list(kernel[:spatial]), strides, dilations, must_fit=True)
         out_channels = channels * kernel[-1] if depthwise else kernel[-1]
         reads = product(kernel[:spatial]) * (1 if depthwise else kernel[-2])
         return Window(batch, out, out_channels, reads)
@@ -130,7 +140,7 @@ def pooling(args: Args) -> Window:
     place = layout(args, 2)
     batch, _, channels = place.split(shape_of(args["input"], "input"), "input")
     kernel = per_axis(args["ksize"], "ksize", 2, place.channels_last)
-    out = _geometry(args, 2, kernel, "strides", [1, 1])
+    out = _geometry(args, 2, kernel, "strides", [1, 1], must_fit=False)
     return Window(batch, out, channels, product(kernel))
 
 
