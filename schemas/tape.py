@@ -135,6 +135,10 @@ class ComputeResultModel(BaseModel):
 
 
 class TapeResponse(BaseModel):
+    """`{"device", "values": {name: Tensor}, "results": [{"kind", "target", "sources", "values": [Tensor | null],
+    "warnings": [str]}], "warnings": [str]}`, results in the order of `compute`; `warnings` carry TensorFlow's
+    own words for integer targets, sources and watches."""
+
     device: str = Field(description="The TensorFlow device the program ran on.")
     values: dict[str, TensorOut] = Field(description="The requested outputs.")
     results: list[ComputeResultModel] = Field(description="In the order of compute.")

@@ -531,3 +531,37 @@ def test_indexed_slices_are_densified_for_every_kind() -> None:
     expected = [tf.convert_to_tensor(first), jacobian, hessian, tf.convert_to_tensor(accumulator.jvp(segments))]
     for result, want in zip(run.results, expected, strict=True):
         np.testing.assert_array_equal(result.values[0], want.numpy())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_jacobian_and_hessian_equal_tensorflows_in_process(case: Case) -> None:
+    """jacobian of y and the Hessian of Σy² by the first float input, as nested in-process tapes give them
+    (or TensorFlow's own error, where it has no second derivative)."""
+    given = tensors(case, tf.float64)
+    source = given[case.sources[0]]
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(source)
+        with tf.GradientTape(persistent=True) as inner:
+            inner.watch(source)
+            y = case.reference(given)
+            s = tf.reduce_sum(y * y)
+        jacobian = inner.jacobian(y, source)
+        first = inner.gradient(s, source)
+    inputs = {name: TapeInput(v) for name, v in case.floats.items()} | {
+        name: TapeInput(v) for name, v in case.ints.items()
+    }
+    compute = [
+        ComputeRequest("jacobian", "y", case.sources[:1]),
+        ComputeRequest("hessian", "s", case.sources[:1]),
+    ]
+    program = case.program + "\ns = tf.reduce_sum(y * y)"
+    try:
+        hessian = outer.jacobian(first, source)
+    except (LookupError, tf.errors.OpError) as error:
+        with pytest.raises(TapeSemanticsError) as refused:
+            run_tape(inputs, program, compute=compute, watch=case.sources, persistent=True, float_dtype="float64")
+        assert refused.value.compute_index == 1 and type(error).__name__ in refused.value.message
+        return
+    run = run_tape(inputs, program, compute=compute, watch=case.sources, persistent=True, float_dtype="float64")
+    np.testing.assert_array_equal(run.results[0].values[0], jacobian.numpy())
+    np.testing.assert_array_equal(run.results[1].values[0], hessian.numpy())
