@@ -10,16 +10,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from schemas.networks import SEED_REQUEST
-from service import __version__, codec
-from service.adapters.explain import explain_engine
+from service import __version__, codec, engines
+from service.adapters.plots import PlotCache
 from service.auth import install_auth
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, call_self
+from service.models import ModelRepository
 from service.observability import configure_logging, install_observability
 from service.openapi import install_openapi, operation_id
-from service.routes import activations, explanations, gradient_check, networks, system, tape
+from service.routes import activations, explanations, gradient_check, models, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -36,11 +37,6 @@ shapes and values. Errors are RFC 9457 `application/problem+json`.
 async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
     """Seed requests through the whole stack, so the first client's request is as fast as the tenth."""
     await worker.wait_ready()
-    # the seed's explanation compiled before the service says it is ready
-    try:
-        await worker.run(lambda: explain_engine(settings).warmup())
-    except Exception:
-        logger.exception("the explanation warm-up failed; serving anyway")
     headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
     if settings.api_key_list:
         headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
@@ -60,8 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings)
+        engines.install(worker)
         await worker.start()
         app.state.worker = worker
+        # the repository's loader thread pins its TensorFlow work to the worker's device
+        app.state.models.start(worker.pinned_device)
         app.state.http_warm = not settings.warmup
         warming = asyncio.create_task(warm_http(app, worker, settings)) if settings.warmup else None
         try:
@@ -69,10 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if warming is not None:
                 warming.cancel()
+            await asyncio.to_thread(app.state.models.stop)
             await worker.stop()
-            renderer = getattr(app.state, "plot_renderer", None)
-            if renderer is not None:
-                renderer.close()
 
     app = FastAPI(
         title="tapeserve",
@@ -85,14 +82,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.plot_cache = PlotCache()
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
+    app.state.models = ModelRepository(settings)  # started by the lifespan
+    networks.install(app)  # the busiest route, first in the table the router walks
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
-    # busiest routes first (the router tries them in order; /metrics, added above, stays first in OpenAPI)
-    for module in (networks, system, tape, activations, gradient_check, explanations):
+    # busier routes first: the router tries them in order
+    for module in (models, system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)

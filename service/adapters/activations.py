@@ -11,6 +11,7 @@ import numpy as np
 from schemas.activations import MAX_GRID_POINTS, ActivationsRequest, Grid
 from service import codec
 from service.compute.activations import CATALOGUE, ActivationCurve, default_grid
+from service.engines import Call
 from service.errors import LimitExceeded, Loc
 
 
@@ -34,6 +35,16 @@ def decode_z(body: ActivationsRequest, max_elements: int) -> np.ndarray:
     grid = body.grid or Grid()
     check_points(grid.num, max_elements, ("body", "grid", "num"))
     return default_grid(grid.start, grid.stop, grid.num).astype(body.dtype)
+
+
+def grid(start: float, stop: float, num: int) -> np.ndarray:
+    """The plot query's z: `num` points from `start` to `stop` (the seed's linspace)."""
+    return default_grid(start, stop, num)
+
+
+def evaluation(names: Sequence[str], z: np.ndarray, alpha: float, dtype: str) -> Call:
+    """The activations engine's job: each named activation and its local gradient at every z."""
+    return Call("evaluate_activations", {"names": names, "z": z, "alpha": alpha, "dtype": dtype})
 
 
 def encode_curves(

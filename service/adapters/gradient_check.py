@@ -3,8 +3,6 @@ JSON precision in the check's dtype (with notes on every cast); a `GradientCheck
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,9 +12,10 @@ from schemas.networks import NetworkRequest
 from schemas.tape import TapeRequest
 from service import codec
 from service.adapters.networks import network_problem
-from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape, located_under
+from service.compute.gradcheck import Comparison, GradientCheck, located_under
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
+from service.engines import Call
 from service.errors import Loc, ValidationFailed, format_loc
 
 
@@ -183,11 +182,9 @@ def decode_claimed(body: GradientCheckRequest, max_elements: int, notes: list[st
     }
 
 
-def check_job(
-    body: GradientCheckRequest, *, engine: Any, max_elements: int, max_fd_elements: int, deadline: float
-) -> Callable[[], GradientCheck]:
-    """The check as one call for the worker thread: the network's (batched finite differences on `engine`)
-    or the tape's (the program re-run per perturbation); both stop at `deadline`."""
+def check_job(body: GradientCheckRequest, *, max_elements: int, max_fd_elements: int, deadline: float) -> Call:
+    """The gradient-check engine's job: the network's check (batched finite differences on the networks
+    engine) or the tape's (the program re-run per perturbation); both stop at `deadline`."""
     notes: list[str] = []
     options: dict[str, Any] = {
         "claimed": decode_claimed(body, max_elements, notes),
@@ -201,22 +198,24 @@ def check_job(
     if body.network is not None:
         notes += dtype_note("network", body.network.dtype, body.dtype)
         problem = decode_network(body.network, body.dtype, max_elements, notes)
-        return functools.partial(check_network, problem, engine=engine, sources=body.sources, **options)
+        return Call("check_network", {"problem": problem, "sources": body.sources, **options})
     if body.tape is not None:
         tape = body.tape
         notes += dtype_note("tape", tape.dtype, body.dtype)
         inputs, gradient = decode_tape(tape, body.dtype, max_elements, notes)
-        return functools.partial(
-            check_tape,
-            inputs,
-            tape.program,
-            gradient=gradient,
-            watch=tape.watch,
-            persistent=tape.persistent,
-            watch_accessed_variables=tape.watch_accessed_variables,
-            float_dtype=body.dtype,
-            max_elements=max_elements,
-            body_loc=("body", "tape"),
-            **options,
+        return Call(
+            "check_tape",
+            {
+                "inputs": inputs,
+                "program": tape.program,
+                "gradient": gradient,
+                "watch": tape.watch,
+                "persistent": tape.persistent,
+                "watch_accessed_variables": tape.watch_accessed_variables,
+                "float_dtype": body.dtype,
+                "max_elements": max_elements,
+                "body_loc": ("body", "tape"),
+                **options,
+            },
         )
     raise ValidationFailed.at(("body",), "send exactly one of network and tape")  # the schema requires one

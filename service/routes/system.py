@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from schemas.models import ModelSummary
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
 from schemas.tensors import MAX_RANK
 from service import __version__
-from service.deps import DrainDep, HttpWarmDep, SettingsDep, WorkerDep
+from service.deps import DrainDep, HttpWarmDep, ModelsDep, SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, json_response
 
 router = APIRouter(tags=["service"])
@@ -21,19 +22,20 @@ async def healthz() -> JSONBytesResponse:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: 200 once the worker is warm, 503 before and after SIGTERM",
+    summary="Readiness: 200 once the worker is warm and the models found at start are loaded (or failed), "
+    "503 before and after SIGTERM",
     responses={503: {"model": Readiness, "description": "Still starting, or draining after SIGTERM"}},
 )
-async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep) -> JSONBytesResponse:
+async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep, models: ModelsDep) -> JSONBytesResponse:
     if drain.draining:
         return json_response(Readiness(status="draining"), status_code=503, headers={"Retry-After": "1"})
-    if worker.ready and http_warm:
+    if worker.ready and http_warm and models.ready:
         return json_response(Readiness(status="ready"))
     return json_response(Readiness(status="starting"), status_code=503, headers={"Retry-After": "1"})
 
 
 @router.get("/v1/info", response_model=Info, summary="Versions, pinned device, visible devices and limits")
-async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
+async def info(worker: WorkerDep, settings: SettingsDep, models: ModelsDep) -> JSONBytesResponse:
     stats = worker.stats
     document = Info(
         version=__version__,
@@ -49,7 +51,11 @@ async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
             queue_limit=settings.queue_limit,
             max_fd_elements=settings.max_fd_elements,
         ),
-        function_cache=FunctionCache(**worker.networks.stats()),
+        function_cache=FunctionCache(**worker.engine_stats()["networks"]),
+        models=[
+            ModelSummary(name=name, versions=[str(number) for number in versions], ready=bool(versions))
+            for name, versions in models.listing()
+        ],
         batching={
             "window_ms": settings.batch_window_ms,
             "max_requests": settings.max_batch_requests,
