@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from service.compute.errors import ComputeError, LimitExceeded
-from service.compute.networks import NetworkEngine, NetworkProblem, NetworkResult
+from service.compute.networks import NetworkProblem, NetworkResult
+from service.compute.networks.engine import NetworkEngine
 from service.errors import DeadlineExceeded, QueueFull, ServiceError
 from service.settings import Settings
 

@@ -13,8 +13,9 @@ from schemas.gradient_check import GradientCheckRequest
 from schemas.networks import NetworkRequest
 from schemas.tape import TapeRequest
 from service import codec
+from service.adapters.errors import located
 from service.adapters.networks import network_problem
-from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape, located_under
+from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
 from service.errors import Loc, ValidationFailed, format_loc
@@ -72,7 +73,7 @@ def decode_network(body: NetworkRequest, dtype: str, max_elements: int, notes: l
             notes=notes,
         )
 
-    with located_under(*base):
+    with located("network"):
         return network_problem(body, tensor, "float64" if dtype == "float64" else "float32")
 
 

@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from service.compute.activations import ACTIVATION_FUNCTIONS
 from service.compute.errors import ComputeError, InvalidInput, LimitExceeded, Loc
-from service.compute.networks import NetworkEngine, NetworkProblem
+from service.compute.networks import NetworkProblem
+from service.compute.networks.engine import NetworkEngine
 from service.compute.program import ComputeRequest, ParsedProgram, TapeInput, parse_program, run_tape
 
 Array = npt.NDArray[Any]

@@ -20,7 +20,8 @@ from service.compute.gradcheck import (
     located_under,
     verdict_band,
 )
-from service.compute.networks import NetworkEngine, NetworkProblem, prepare_network
+from service.compute.networks import NetworkProblem, prepare_network
+from service.compute.networks.engine import NetworkEngine
 from service.compute.program import ComputeRequest, TapeInput
 
 Array = npt.NDArray[np.float64]
