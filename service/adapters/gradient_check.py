@@ -15,7 +15,9 @@ from schemas.tape import TapeRequest
 from service import codec
 from service.adapters.errors import located
 from service.adapters.networks import network_problem
-from service.compute.gradcheck import Comparison, GradientCheck, check_network, check_tape
+from service.compute.gradcheck import CheckOptions, Comparison, GradientCheck, TapeCheck
+from service.compute.gradcheck.network import check_network
+from service.compute.gradcheck.tape import check_tape
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
 from service.errors import Loc, ValidationFailed, format_loc
@@ -188,36 +190,42 @@ def check_job(
     body: GradientCheckRequest, *, engine: Any, max_elements: int, max_fd_elements: int, deadline: float
 ) -> Callable[[], GradientCheck]:
     """The check as one call for the worker thread: the network's (batched finite differences on `engine`)
-    or the tape's (the program re-run per perturbation); both stop at `deadline`."""
+    or the tape's (the program re-run per perturbation); both stop at `deadline`. Its errors are located
+    relative to the check body (place them with `errors.located`)."""
     notes: list[str] = []
-    options: dict[str, Any] = {
-        "claimed": decode_claimed(body, max_elements, notes),
-        "epsilon": body.epsilon,
-        "rtol": body.rtol,
-        "atol": body.atol,
-        "max_fd_elements": max_fd_elements,
-        "stop_at": deadline,
-        "notes": notes,
-    }
+    claimed = decode_claimed(body, max_elements, notes)
     if body.network is not None:
         notes += dtype_note("network", body.network.dtype, body.dtype)
         problem = decode_network(body.network, body.dtype, max_elements, notes)
-        return functools.partial(check_network, problem, engine=engine, sources=body.sources, **options)
+        options = _options(body, claimed, max_fd_elements, deadline, notes)
+        return functools.partial(check_network, problem, engine=engine, sources=body.sources, options=options)
     if body.tape is not None:
         tape = body.tape
         notes += dtype_note("tape", tape.dtype, body.dtype)
         inputs, gradient = decode_tape(tape, body.dtype, max_elements, notes)
-        return functools.partial(
-            check_tape,
-            inputs,
-            tape.program,
+        run = TapeCheck(
+            inputs=inputs,
+            program=tape.program,
             gradient=gradient,
             watch=tape.watch,
             persistent=tape.persistent,
             watch_accessed_variables=tape.watch_accessed_variables,
             float_dtype=body.dtype,
             max_elements=max_elements,
-            body_loc=("body", "tape"),
-            **options,
         )
+        return functools.partial(check_tape, run, _options(body, claimed, max_fd_elements, deadline, notes))
     raise ValidationFailed.at(("body",), "send exactly one of network and tape")  # the schema requires one
+
+
+def _options(
+    body: GradientCheckRequest, claimed: dict[str, Any], max_fd_elements: int, deadline: float, notes: list[str]
+) -> CheckOptions:
+    return CheckOptions(
+        claimed=claimed,
+        epsilon=body.epsilon,
+        rtol=body.rtol,
+        atol=body.atol,
+        max_fd_elements=max_fd_elements,
+        stop_at=deadline,
+        notes=notes,
+    )

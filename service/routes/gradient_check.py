@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from schemas.gradient_check import GradientCheckRequest, GradientCheckResponse
 from schemas.problems import PROBLEM_RESPONSES
 from service.adapters import gradient_check as adapt
+from service.adapters.errors import located
 from service.compute.gradcheck import GradientCheck
 from service.deps import SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
@@ -33,5 +34,6 @@ async def gradient_check(body: GradientCheckRequest, worker: WorkerDep, settings
         max_fd_elements=settings.max_fd_elements,
         deadline=deadline,
     )
-    result: GradientCheck = await worker.run(job, deadline=deadline)
+    with located():
+        result: GradientCheck = await worker.run(job, deadline=deadline)
     return json_response(adapt.encode_check(result, worker.pinned_device, body.response_encoding))
