@@ -20,27 +20,22 @@ Entries = list[tuple[str, tuple[int, ...]]]
 
 @dataclass(frozen=True)
 class Slot:
-    """One array's place in a packed row: one request's values, flattened, at `offset`."""
+    """One array's place in a packed row: one request's values, flattened, from `offset` to `end`."""
 
     name: str
     shape: tuple[int, ...]
     offset: int
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
+    size: int
+    end: int
 
 
 def _slots(entries: Entries) -> tuple[tuple[Slot, ...], int]:
     slots: list[Slot] = []
     offset = 0
     for name, shape in entries:
-        slots.append(Slot(name, shape, offset))
-        offset += math.prod(shape)
+        size = math.prod(shape)
+        slots.append(Slot(name, shape, offset, size, offset + size))
+        offset += size
     return tuple(slots), offset
 
 
