@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from schemas.networks import SEED_REQUEST
-from service import __version__, codec
-from service.adapters.explain import explain_engine
+from service import __version__, codec, engines
+from service.adapters.plots import PlotCache
 from service.auth import install_auth
 from service.docs import install_docs
 from service.drain import Drain
@@ -36,11 +36,6 @@ shapes and values. Errors are RFC 9457 `application/problem+json`.
 async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
     """Seed requests through the whole stack, so the first client's request is as fast as the tenth."""
     await worker.wait_ready()
-    # the seed's explanation compiled before the service says it is ready
-    try:
-        await worker.run(lambda: explain_engine(settings).warmup())
-    except Exception:
-        logger.exception("the explanation warm-up failed; serving anyway")
     headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
     if settings.api_key_list:
         headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
@@ -60,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(settings)
+        engines.install(worker)
         await worker.start()
         app.state.worker = worker
         app.state.http_warm = not settings.warmup
@@ -70,9 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if warming is not None:
                 warming.cancel()
             await worker.stop()
-            renderer = getattr(app.state, "plot_renderer", None)
-            if renderer is not None:
-                renderer.close()
 
     app = FastAPI(
         title="tapeserve",
@@ -85,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.plot_cache = PlotCache()
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth

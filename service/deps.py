@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.adapters.plots import PlotCache
 from service.drain import Drain
 from service.settings import Settings
 from service.worker import Worker
@@ -36,7 +37,14 @@ async def get_drain(request: Request) -> Drain:
     return drain
 
 
+async def get_plot_cache(request: Request) -> PlotCache:
+    """The PNGs the app has rendered (see `service.adapters.plots`)."""
+    cache: PlotCache = request.app.state.plot_cache
+    return cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 HttpWarmDep = Annotated[bool, Depends(get_http_warm)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
+PlotCacheDep = Annotated[PlotCache, Depends(get_plot_cache)]

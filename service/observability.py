@@ -195,7 +195,7 @@ class WorkerCollector(Collector):
             value=stats.dropped_expired,
         )
         yield _batch_size_histogram(dict(stats.batch_sizes), worker.settings.max_batch_requests)
-        caches = [("networks", worker.networks.stats())]
+        caches = worker.engine_stats().items()
         for name, family, help_text in (
             ("hits", CounterMetricFamily, "Requests served by an already compiled function."),
             ("misses", CounterMetricFamily, "Requests that needed a function compiled for a new structure."),

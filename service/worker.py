@@ -1,34 +1,59 @@
-"""The TensorFlow worker: owns the device, runs every computation in its own thread.
+"""The worker: owns TensorFlow and the device, and runs every job of every engine in its own threads.
 
-Routes `await worker.run(...)`; jobs wait in a bounded queue (429 when full), carry a deadline (504 when it
-passes; a job whose deadline passed before it started is dropped, not run) and run inside
-`with tf.device(pinned_device)`. Compatible network jobs waiting together are merged into one compiled call
-(micro-batching) and split back.
+Engines register by name with a factory (a callable, or a "package.module:factory" path imported in the
+worker's thread), and with a lane: a thread of the worker with its bounded queue. The worker builds
+each engine in its lane's thread, so TensorFlow is imported and used there only, never on the event
+loop. `await worker.run(engine, job, deadline)` is the one way to run anything: a full queue is a 429,
+a passed deadline a 504 (a job whose deadline passed before it started is dropped, not run). Every lane
+runs inside `with tf.device(pinned_device)`. An engine keys its jobs: jobs of one non-None key waiting
+together become one call of its `run` (micro-batching), split back. The worker knows no engine by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from service.compute.errors import ComputeError, LimitExceeded
-from service.compute.networks import NetworkProblem, NetworkResult
-from service.compute.networks.engine import NetworkEngine
 from service.errors import DeadlineExceeded, QueueFull, ServiceError
 from service.settings import Settings
 
 logger = logging.getLogger("tapeserve.worker")
 
-T = TypeVar("T")
-MergeFn = Callable[[Sequence[Any]], Sequence[Any]]
+MAIN_LANE = "compute"
+"""The lane every worker has: it resolves the device, and engines run there unless they name another."""
+
+
+class Engine(Protocol):
+    """What the worker needs of an engine. It may also have `warmup() -> None` (run in its lane before the
+    worker reports ready) and `stats() -> Mapping[str, int]` (its compiled-function cache, read by any thread)."""
+
+    def merge_key(self, job: Any) -> Hashable | None:
+        """Jobs with one non-None key may run in one call of `run`; None: the job always runs alone.
+        Called in the lane's thread; it must not raise."""
+
+    def run(self, jobs: Sequence[Any]) -> Sequence[Any]:
+        """One result per job, in order. An exception answers every job of the call."""
+
+
+class EngineContext(Protocol):
+    """What a factory gets: the settings, and the other engines (built on demand)."""
+
+    settings: Settings
+
+    def engine(self, name: str) -> Engine: ...
+
+
+EngineFactory = Callable[[EngineContext], Engine]
 
 
 class DeviceUnavailable(RuntimeError):
@@ -36,25 +61,59 @@ class DeviceUnavailable(RuntimeError):
 
 
 @dataclass(eq=False)
-class _Job:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-    deadline: float
-    call: Callable[[], Any] | None = None
-    merge_key: Hashable | None = None
-    merge_item: Any = None
-    merge_fn: MergeFn | None = None
-    abandoned: bool = False
-    enqueued: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class WorkerStats:
     jobs: int = 0
     merged_calls: int = 0
     merged_jobs: int = 0
     dropped_expired: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+_UNKEYED: Any = object()
+"""A job's key before its lane has asked the engine."""
+
+
+@dataclass(eq=False)
+class _Registration:
+    name: str
+    factory: EngineFactory | str
+    lane: _Lane
+    engine: Engine | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    deadline: float
+    registration: _Registration
+    item: Any
+    key: Any = _UNKEYED
+    abandoned: bool = False
+
+
+class _Lane:
+    """One thread of the worker, its bounded queue, and the engines that run in it."""
+
+    def __init__(self, name: str, queue_limit: int, full: str) -> None:
+        self.name = name
+        self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_limit)
+        self.full = full
+        """The 429's detail when the queue is full."""
+        self.registrations: list[_Registration] = []
+        self.thread: threading.Thread | None = None
+        self.built = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.stats = WorkerStats()
+        self.carry: list[_Job | None] = []
+        self.merge_load = 1.0
+        """Moving average of requests per merged call: above 1.5, the lane waits the window for more."""
+
+    def next(self, block: bool) -> _Job | None:
+        if self.carry:
+            return self.carry.pop(0)
+        return self.queue.get() if block else self.queue.get_nowait()
 
 
 def resolve_device(requested: str, fallback: str, cpu_logical_devices: int) -> tuple[str, list[str]]:
@@ -107,105 +166,215 @@ def resolve_device(requested: str, fallback: str, cpu_logical_devices: int) -> t
 
 
 class Worker:
-    """One thread that owns TensorFlow and the pinned device; an asyncio-facing bounded job queue."""
+    """The lanes (threads that own TensorFlow), their bounded job queues, and the engines registered in them."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.networks = NetworkEngine(cache_size=settings.function_cache_size, jit_compile=settings.xla)
-        # merged calls pad to the smallest compiled size: 8 and the merge limit cover every burst without
-        # compiling on the request path, at two compiles' cost of start-up time
-        merged = sorted({min(8, settings.max_batch_requests), settings.max_batch_requests} - {1})
-        self._warmups: list[Callable[[], None]] = (
-            [lambda: self.networks.warmup(merged_sizes=merged)] if settings.warmup else []
+        self._lanes: dict[str, _Lane] = {}
+        self._registrations: dict[str, _Registration] = {}
+        self._building = threading.RLock()
+        self._device_resolved = threading.Event()
+        self._started = False
+        self.add_lane(
+            MAIN_LANE,
+            settings.queue_limit,
+            f"{settings.queue_limit} jobs are already waiting (TAPESERVE_QUEUE_LIMIT); retry shortly.",
         )
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.queue_limit)
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
         self.pinned_device = ""
         self.visible_devices: list[str] = []
         self.tf_version = ""
-        self.stats = WorkerStats()
-        self._carry: list[_Job | None] = []
-        self._merge_load = 1.0
-        """Moving average of requests per merged call: above 1.5, the worker waits the window for more."""
+
+    # ------------------------------------------------------------------------------ engines and lanes
+    def add_lane(self, name: str, queue_limit: int, full: str | None = None) -> None:
+        """A thread of its own, for engines whose jobs must not wait behind the others' (nor hold them up);
+        `full` is the 429's detail when `queue_limit` jobs already wait in it."""
+        if self._started:
+            raise RuntimeError("lanes are added before the worker starts")
+        if name in self._lanes:
+            raise ValueError(f"the worker already has a lane named {name!r}")
+        detail = full or f"{queue_limit} jobs are already waiting for the {name} lane; retry shortly."
+        self._lanes[name] = _Lane(name, queue_limit, detail)
+
+    def register(self, name: str, factory: EngineFactory | str, lane: str = MAIN_LANE) -> None:
+        """The engine `factory(context)` builds, run in `lane` as `name`. `factory` may be a
+        "package.module:function" path, imported in the lane's thread. Engines registered before `start`
+        are built there, in order; later ones on their first job. Registering a name again with the same
+        factory and lane does nothing."""
+        found = self._registrations.get(name)
+        if found is not None:
+            if found.factory == factory and found.lane.name == lane:
+                return
+            raise ValueError(f"an engine named {name!r} is already registered")
+        chosen = self._lanes.get(lane)
+        if chosen is None:
+            raise ValueError(f"the worker has no lane named {lane!r}; add it with add_lane first")
+        registration = _Registration(name, factory, chosen)
+        chosen.registrations.append(registration)
+        self._registrations[name] = registration
+
+    def engine(self, name: str) -> Engine:
+        """The engine registered as `name`, built now if it is not yet. For factories (which run in the
+        worker's threads): an engine is never built on the event loop."""
+        registration = self._registrations.get(name)
+        if registration is None:
+            raise LookupError(f"no engine named {name!r} is registered with the worker")
+        if registration.engine is None and not self._in_lane():
+            raise RuntimeError(f"the {name} engine is built in the worker's threads only")
+        return self._build(registration)
+
+    def engine_stats(self) -> dict[str, Mapping[str, int]]:
+        """The `stats()` of every built engine that has them, by name."""
+        found: dict[str, Mapping[str, int]] = {}
+        for name, registration in list(self._registrations.items()):
+            stats = getattr(registration.engine, "stats", None)
+            if stats is not None:
+                found[name] = stats()
+        return found
+
+    def _in_lane(self) -> bool:
+        current = threading.current_thread()
+        return any(lane.thread is current for lane in self._lanes.values())
+
+    def _build(self, registration: _Registration) -> Engine:
+        engine = registration.engine
+        if engine is not None:
+            return engine
+        with self._building:  # one build of each engine, whichever lane asks first
+            if registration.engine is None:
+                factory = registration.factory
+                if isinstance(factory, str):
+                    factory = _imported(factory)
+                registration.engine = factory(self)
+            return registration.engine
 
     # ------------------------------------------------------------------------------ life cycle
     async def start(self) -> None:
-        """Start the thread; returns once the device is resolved (raises if it cannot be)."""
-        self._thread = threading.Thread(target=self._main, name="tapeserve-worker", daemon=True)
-        self._thread.start()
-        await asyncio.to_thread(self._started.wait)
-        if self._start_error is not None:
-            raise self._start_error
+        """Start every lane; returns once the device is resolved and the engines registered so far are built
+        (raises what failed: the device, or an engine's factory)."""
+        self._started = True
+        lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.thread = threading.Thread(target=self._main, args=(lane,), name=f"tapeserve-{lane.name}", daemon=True)
+            lane.thread.start()
+        for lane in lanes:
+            await asyncio.to_thread(lane.built.wait)
+        errors = [lane.error for lane in lanes if lane.error is not None]
+        if errors:
+            await self.stop()
+            raise errors[0]
 
     async def stop(self) -> None:
-        """Drain: jobs already queued finish, then the thread ends."""
-        if self._thread is None:
-            return
-        await asyncio.to_thread(self._queue.put, None)
-        await asyncio.to_thread(self._thread.join, 60)
-        self._thread = None
+        """Drain: jobs already queued finish, then the lanes' threads end."""
+        lanes = [lane for lane in self._lanes.values() if lane.thread is not None]
+        for lane in lanes:
+            await asyncio.to_thread(lane.queue.put, None)
+        for lane in lanes:
+            if lane.thread is not None:
+                await asyncio.to_thread(lane.thread.join, 60)
+                lane.thread = None
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Whether every lane has finished its engines' warm-ups."""
+        return all(lane.ready.is_set() for lane in self._lanes.values())
 
     async def wait_ready(self) -> None:
         """Return once warm-up has finished."""
-        while not self._ready.is_set():
+        while not self.ready:
             await asyncio.sleep(0.01)
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting, in every lane."""
+        return sum(lane.queue.qsize() for lane in self._lanes.values())
 
-    def _main(self) -> None:
+    @property
+    def stats(self) -> WorkerStats:
+        """Every lane's counts, summed (a snapshot)."""
+        total = WorkerStats()
+        for lane in self._lanes.values():
+            counts = lane.stats
+            total.jobs += counts.jobs
+            total.merged_calls += counts.merged_calls
+            total.merged_jobs += counts.merged_jobs
+            total.dropped_expired += counts.dropped_expired
+            for size, calls in list(counts.batch_sizes.items()):
+                total.batch_sizes[size] = total.batch_sizes.get(size, 0) + calls
+        return total
+
+    def _main(self, lane: _Lane) -> None:
         try:
-            import tensorflow as tf  # noqa: PLC0415
+            import tensorflow as tf  # noqa: PLC0415  (TensorFlow is loaded in the worker's threads only)
 
+            if lane.name == MAIN_LANE:
+                self._resolve()
+                self._device_resolved.set()
+            else:
+                self._device_resolved.wait()
+                if not self.pinned_device:
+                    raise RuntimeError("the worker's device could not be resolved")
+            with tf.device(self.pinned_device):
+                for registration in list(lane.registrations):
+                    self._build(registration)
+        except BaseException as error:  # reported to start() and re-raised there
+            lane.error = error
+            return
+        finally:
+            if lane.name == MAIN_LANE:
+                self._device_resolved.set()  # the other lanes wait for it, even when it failed
+            lane.built.set()
+        with tf.device(self.pinned_device):
+            if self.settings.warmup:
+                self._warm(lane)
+            # everything long-lived is loaded now (TensorFlow, the app, compiled functions): moving it out of
+            # the collector's sight makes the collections a large JSON body triggers ~10x cheaper
+            gc.freeze()
+            lane.ready.set()
+            self._loop(lane)
+
+    def _resolve(self) -> None:
+        import tensorflow as tf  # noqa: PLC0415
+
+        try:
             threads = os.cpu_count() or 1
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:
             pass  # already initialised by an earlier app in this process
-        try:
-            self.pinned_device, self.visible_devices = resolve_device(
-                self.settings.device, self.settings.device_fallback, self.settings.cpu_logical_devices
-            )
-            self.tf_version = tf.__version__
-        except BaseException as error:  # reported to start() and re-raised there
-            self._start_error = error
-            self._started.set()
-            return
-        self._started.set()
-        with tf.device(self.pinned_device):
-            for warmup in self._warmups:
-                try:
-                    warmup()
-                except Exception:
-                    logger.exception("warm-up failed; serving anyway")
-            # everything long-lived is loaded now (TensorFlow, the app, compiled functions): moving it out of
-            # the collector's sight makes the collections a large JSON body triggers ~10x cheaper
-            gc.freeze()
-            self._ready.set()
-            self._loop()
+        self.pinned_device, self.visible_devices = resolve_device(
+            self.settings.device, self.settings.device_fallback, self.settings.cpu_logical_devices
+        )
+        self.tf_version = tf.__version__
+
+    def _warm(self, lane: _Lane) -> None:
+        for registration in list(lane.registrations):
+            warmup = getattr(registration.engine, "warmup", None)
+            if warmup is None:
+                continue
+            try:
+                warmup()
+            except Exception:
+                logger.exception("the %s engine's warm-up failed; serving anyway", registration.name)
 
     # ------------------------------------------------------------------------------ submitting
-    def _job(self, deadline: float | None) -> _Job:
+    async def run(self, engine: str, job: Any, deadline: float | None = None) -> Any:
+        """`job`'s result from the engine registered as `engine`, run in its lane on the pinned device (merged
+        with queued jobs of its key, if it has one). 429 when the lane's queue is full; 504 at `deadline`
+        (monotonic; default TAPESERVE_TIMEOUT_S from now)."""
+        try:
+            registration = self._registrations[engine]
+        except KeyError:
+            raise LookupError(f"no engine named {engine!r} is registered with the worker") from None
         loop = asyncio.get_running_loop()
-        return _Job(loop, loop.create_future(), deadline or self.deadline())
+        return await self._await(_Job(loop, loop.create_future(), deadline or self.deadline(), registration, job))
 
     async def _await(self, job: _Job) -> Any:
         # jobs submitted during warm-up wait in the queue; /readyz is what keeps balancers away until then
+        lane = job.registration.lane
         try:
-            self._queue.put_nowait(job)
+            lane.queue.put_nowait(job)
         except queue.Full:
-            raise QueueFull(
-                f"{self.settings.queue_limit} jobs are already waiting (TAPESERVE_QUEUE_LIMIT); retry shortly.",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise QueueFull(lane.full, headers={"Retry-After": "1"}) from None
         # a timer on the loop, cheaper than asyncio.wait_for's extra future and task per request
         expiry = job.loop.call_at(job.loop.time() + max(job.deadline - time.monotonic(), 0.0), self._expire, job)
         try:
@@ -227,109 +396,96 @@ class Worker:
         """The monotonic deadline of a request starting now."""
         return time.monotonic() + self.settings.timeout_s
 
-    async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` in the worker thread on the pinned device."""
-        job = self._job(deadline)
-        job.call = lambda: fn(*args, **kwargs)
-        result: T = await self._await(job)
-        return result
-
-    async def run_merged(self, key: Hashable, item: Any, merge_fn: MergeFn, deadline: float | None = None) -> Any:
-        """Run `merge_fn([item])[0]`, possibly merged with other queued items of the same `key`."""
-        job = self._job(deadline)
-        job.merge_key, job.merge_item, job.merge_fn = key, item, merge_fn
-        return await self._await(job)
-
-    async def network_gradients(self, problem: NetworkProblem, deadline: float | None = None) -> NetworkResult:
-        """One network request; merged with queued requests of the same structure."""
-        result: NetworkResult = await self.run_merged(("networks", problem.spec), problem, self.networks.run, deadline)
-        return result
-
-    # ------------------------------------------------------------------------------ the thread
-    def _next(self, block: bool) -> _Job | None:
-        if self._carry:
-            return self._carry.pop(0)
-        return self._queue.get() if block else self._queue.get_nowait()
-
-    def _loop(self) -> None:
+    # ------------------------------------------------------------------------------ the lanes' threads
+    def _loop(self, lane: _Lane) -> None:
         while True:
-            job = self._next(block=True)
+            job = lane.next(block=True)
             if job is None:
                 return
-            if job.merge_key is None:
-                self._run_single(job)
+            if self._key(job) is None:
+                self._run_single(lane, job)
             else:
-                self._run_merged(self._gather(job))
+                self._run_merged(lane, self._gather(lane, job))
 
-    def _live(self, job: _Job) -> bool:
+    def _key(self, job: _Job) -> Any:
+        """The job's merge key, asked of its engine once."""
+        key = job.key
+        if key is _UNKEYED:
+            try:
+                key = self._build(job.registration).merge_key(job.item)
+            except Exception:
+                key = None  # it runs alone, and running it answers its request with what went wrong
+            job.key = key
+        return key
+
+    def _live(self, lane: _Lane, job: _Job) -> bool:
         """Whether to run a job: not if its request gave up or its deadline passed while it waited."""
         if job.abandoned:
             return False
         if time.monotonic() > job.deadline:
-            self.stats.dropped_expired += 1
+            lane.stats.dropped_expired += 1
             error = DeadlineExceeded("The request's deadline passed while it waited in the queue.")
             self._finish(job, None, error)
             return False
         return True
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        """`first` plus queued jobs with its merge key: those already waiting, then any arriving in the window."""
+    def _gather(self, lane: _Lane, first: _Job) -> list[_Job]:
+        """`first` plus queued jobs of its engine and key: those already waiting, then any arriving in the window."""
         batch = [first]
         window = self.settings.batch_window_ms / 1000.0
         if window <= 0:
             return batch
         limit = self.settings.max_batch_requests
+        registration, key = first.registration, first.key
         others: list[_Job | None] = []
         until = time.monotonic() + window
         # wait out the window only under load (recent calls merged several requests): a lone client
         # never waits, and a burst keeps its requests together instead of trickling through one by one
-        loaded = self._merge_load > 1.5
+        loaded = lane.merge_load > 1.5
         while len(batch) < limit:
             try:
-                job = self._next(block=False)
+                job = lane.next(block=False)
             except queue.Empty:
                 if not (loaded or len(batch) > 1) or time.monotonic() >= until:
                     break
                 try:
-                    job = self._queue.get(timeout=max(until - time.monotonic(), 0.0))
+                    job = lane.queue.get(timeout=max(until - time.monotonic(), 0.0))
                 except queue.Empty:
                     break
             if job is None:
                 others.append(None)  # the stop marker: the loop sees it after this batch
                 break
-            (batch if job.merge_key == first.merge_key else others).append(job)
-        self._carry.extend(others)
-        self._merge_load = 0.8 * self._merge_load + 0.2 * len(batch)
+            (batch if job.registration is registration and self._key(job) == key else others).append(job)
+        lane.carry.extend(others)
+        lane.merge_load = 0.8 * lane.merge_load + 0.2 * len(batch)
         return batch
 
     def _finish(self, job: _Job, outcome: Any, error: BaseException | None) -> None:
         """Hand the outcome to the job's event loop (futures are not thread-safe)."""
         _hand_over(job.loop, _resolve, job.future, outcome, error)
 
-    def _run_single(self, job: _Job) -> None:
-        if not self._live(job):
+    def _run_single(self, lane: _Lane, job: _Job) -> None:
+        if not self._live(lane, job):
             return
-        self.stats.jobs += 1
+        lane.stats.jobs += 1
         try:
-            outcome = job.call() if job.call is not None else None
+            (outcome,) = self._build(job.registration).run((job.item,))
         except BaseException as error:
             self._finish(job, None, _translate(error))
             return
         self._finish(job, outcome, None)
 
-    def _run_merged(self, jobs: list[_Job]) -> None:
-        live = [job for job in jobs if self._live(job)]
+    def _run_merged(self, lane: _Lane, jobs: list[_Job]) -> None:
+        live = [job for job in jobs if self._live(lane, job)]
         if not live:
             return
-        self.stats.jobs += len(live)
-        self.stats.merged_calls += 1
-        self.stats.merged_jobs += len(live)
-        self.stats.batch_sizes[len(live)] = self.stats.batch_sizes.get(len(live), 0) + 1
-        merge_fn = live[0].merge_fn
+        stats = lane.stats
+        stats.jobs += len(live)
+        stats.merged_calls += 1
+        stats.merged_jobs += len(live)
+        stats.batch_sizes[len(live)] = stats.batch_sizes.get(len(live), 0) + 1
         try:
-            if merge_fn is None:
-                raise TypeError("a merged job needs a merge function")
-            outcomes = merge_fn([job.merge_item for job in live])
+            outcomes = self._build(live[0].registration).run([job.item for job in live])
         except BaseException as error:
             translated = _translate(error)
             for job in live:
@@ -341,6 +497,15 @@ class Worker:
             by_loop.setdefault(job.loop, []).append((job.future, outcome))
         for loop, answers in by_loop.items():
             _hand_over(loop, _resolve_all, answers)
+
+
+def _imported(path: str) -> EngineFactory:
+    """The factory a "package.module:function" path names (imported in the calling thread)."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ValueError(f"an engine factory path reads 'package.module:function', not {path!r}")
+    factory: EngineFactory = getattr(importlib.import_module(module), name)
+    return factory
 
 
 def _hand_over(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

@@ -9,15 +9,19 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
-from service.worker import Worker
+from service.worker import MAIN_LANE, Worker
+from tests.engines import CALLS
 
 
 class BlockedWorker:
-    """Occupies the worker thread with jobs that wait for `release`, submitted through the client's event loop."""
+    """Occupies a lane of the worker (its main lane by default) with jobs that wait for `release`, submitted
+    through the client's event loop."""
 
-    def __init__(self, client: TestClient) -> None:
+    def __init__(self, client: TestClient, lane: str = MAIN_LANE) -> None:
         self.client = client
         self.worker: Worker = client.app.state.worker  # type: ignore[attr-defined]
+        self.engine = "calls" if lane == MAIN_LANE else f"calls in {lane}"
+        self.worker.register(self.engine, CALLS, lane)
         self.release = threading.Event()
         self.running = threading.Event()
 
@@ -27,11 +31,11 @@ class BlockedWorker:
 
     def _submit(self) -> None:
         # its own deadline is far away: a short TAPESERVE_TIMEOUT_S must not drop the blocker itself
-        run = functools.partial(self.worker.run, self._block, deadline=time.monotonic() + 60)
+        run = functools.partial(self.worker.run, self.engine, self._block, deadline=time.monotonic() + 60)
         self.client.portal.start_task_soon(run)  # type: ignore[union-attr]
 
     def occupy(self) -> None:
-        """One job running in the worker thread (once the warm-up is over)."""
+        """One job running in the lane's thread (once the warm-up is over)."""
         # ready includes the service's own warm-up request, which must not queue behind the blocker
         wait_until(lambda: self.client.get("/readyz").status_code == 200, seconds=60)
         self._submit()

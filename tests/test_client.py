@@ -38,6 +38,7 @@ from service.client import (
 )
 from service.settings import Settings
 from service.worker import Worker
+from tests.engines import with_calls
 from tests.live_server import live_server
 
 API_KEY = "client-test-key"
@@ -219,7 +220,7 @@ async def _wait_for(condition: Any, seconds: float = 10.0) -> None:
 async def test_full_queue_raises_rate_limited_with_retry_after() -> None:
     app = create_app(Settings(cpu_logical_devices=2, queue_limit=1, batch_window_ms=0, warmup=False))
     async with app.router.lifespan_context(app), AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
-        worker: Worker = app.state.worker
+        worker: Worker = with_calls(app.state.worker)
         release, running = threading.Event(), threading.Event()
 
         def hold() -> bool:
@@ -228,9 +229,9 @@ async def test_full_queue_raises_rate_limited_with_retry_after() -> None:
 
         await _wait_for(lambda: worker.ready)
         # one job holding the worker thread and one waiting behind it fill a queue of one
-        blockers = [asyncio.create_task(worker.run(hold, deadline=time.monotonic() + 60))]
+        blockers = [asyncio.create_task(worker.run("calls", hold, deadline=time.monotonic() + 60))]
         await _wait_for(running.is_set)
-        blockers.append(asyncio.create_task(worker.run(hold, deadline=time.monotonic() + 60)))
+        blockers.append(asyncio.create_task(worker.run("calls", hold, deadline=time.monotonic() + 60)))
         await _wait_for(lambda: worker.queue_depth == 1)
         try:
             with pytest.raises(RateLimited) as caught:

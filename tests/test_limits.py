@@ -237,7 +237,7 @@ def test_long_computation_is_504_at_the_deadline_and_finishes_in_the_background(
     with make_client(timeout_s=0.25, batch_window_ms=0) as client:
         worker: Worker = client.app.state.worker  # type: ignore[attr-defined]
         wait_until(lambda: worker.ready, seconds=60)  # a job queued behind the warm-up would expire unrun
-        traces_before = worker.networks.stats()["traces"]
+        traces_before = worker.engine_stats()["networks"]["traces"]
         started = time.monotonic()
         response = client.post("/v1/networks/gradients", json=deep_network())
         elapsed = time.monotonic() - started
@@ -254,4 +254,4 @@ def test_long_computation_is_504_at_the_deadline_and_finishes_in_the_background(
             assert time.monotonic() < deadline, "the service never recovered"
             time.sleep(0.1)
         assert_seed_answered(answer)
-        assert worker.networks.stats()["traces"] == traces_before + 1
+        assert worker.engine_stats()["networks"]["traces"] == traces_before + 1

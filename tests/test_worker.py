@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from service.errors import DeadlineExceeded, QueueFull
 from service.settings import Settings
 from service.worker import DeviceUnavailable, Worker, resolve_device
 from tests.conftest import make_client
+from tests.engines import MERGING, Merged, with_calls
 
 
 def test_pinning_to_second_logical_cpu_is_reported() -> None:
@@ -43,7 +45,8 @@ def test_absent_gpu_fails_start_unless_fallback() -> None:
 
 
 async def started(**overrides: object) -> Worker:
-    worker = Worker(Settings(warmup=False, **overrides))  # type: ignore[arg-type]
+    worker = with_calls(Worker(Settings(warmup=False, **overrides)))  # type: ignore[arg-type]
+    worker.register("merging", MERGING)
     await worker.start()
     return worker
 
@@ -52,12 +55,12 @@ def test_full_queue_answers_429_with_retry_after() -> None:
     async def scenario() -> None:
         worker = await started(queue_limit=1)
         release = threading.Event()
-        busy = asyncio.ensure_future(worker.run(release.wait))
+        busy = asyncio.ensure_future(worker.run("calls", release.wait))
         await asyncio.sleep(0.05)  # the worker is now inside release.wait
-        queued = asyncio.ensure_future(worker.run(lambda: "second"))
+        queued = asyncio.ensure_future(worker.run("calls", lambda: "second"))
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull) as caught:
-            await worker.run(lambda: "third")
+            await worker.run("calls", lambda: "third")
         assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "1"
         release.set()
         assert await busy is True and await queued == "second"
@@ -71,9 +74,9 @@ def test_deadline_answers_504_and_drops_expired_jobs() -> None:
 
     async def scenario() -> None:
         worker = await started(timeout_s=0.2)
-        slow = asyncio.ensure_future(worker.run(time.sleep, 0.6))
+        slow = asyncio.ensure_future(worker.run("calls", functools.partial(time.sleep, 0.6)))
         await asyncio.sleep(0.01)
-        behind = asyncio.ensure_future(worker.run(ran.append, "ran"))
+        behind = asyncio.ensure_future(worker.run("calls", functools.partial(ran.append, "ran")))
         started_at = time.monotonic()
         for future in (slow, behind):
             with pytest.raises(DeadlineExceeded) as caught:
@@ -82,7 +85,7 @@ def test_deadline_answers_504_and_drops_expired_jobs() -> None:
         assert time.monotonic() - started_at < 0.5  # answered at the deadline, not when the work ended
         await asyncio.sleep(0.6)
         assert worker.stats.dropped_expired == 0 or ran == []
-        assert await worker.run(lambda: "healthy") == "healthy"
+        assert await worker.run("calls", lambda: "healthy") == "healthy"
         await worker.stop()
 
     asyncio.run(scenario())
@@ -92,7 +95,7 @@ def test_deadline_answers_504_and_drops_expired_jobs() -> None:
 def test_stop_drains_queued_jobs() -> None:
     async def scenario() -> list[int]:
         worker = await started()
-        futures = [asyncio.ensure_future(worker.run(lambda i=i: i)) for i in range(20)]
+        futures = [asyncio.ensure_future(worker.run("calls", lambda i=i: i)) for i in range(20)]
         await asyncio.sleep(0)
         results = await asyncio.gather(*futures)
         await worker.stop()
@@ -111,10 +114,10 @@ def test_compatible_jobs_queued_together_are_merged() -> None:
     async def scenario() -> list[int]:
         worker = await started(batch_window_ms=5.0)
         release = threading.Event()
-        blocker = asyncio.ensure_future(worker.run(release.wait))
+        blocker = asyncio.ensure_future(worker.run("calls", release.wait))
         await asyncio.sleep(0.05)
-        futures = [asyncio.ensure_future(worker.run_merged("k", i, merged)) for i in range(6)]
-        odd = asyncio.ensure_future(worker.run_merged("other", 100, merged))
+        futures = [asyncio.ensure_future(worker.run("merging", Merged("k", i, merged))) for i in range(6)]
+        odd = asyncio.ensure_future(worker.run("merging", Merged("other", 100, merged)))
         await asyncio.sleep(0.02)
         release.set()
         results = await asyncio.gather(*futures, odd, blocker)
@@ -129,8 +132,8 @@ def test_errors_reach_only_their_request() -> None:
     async def scenario() -> None:
         worker = await started()
         with pytest.raises(ZeroDivisionError):
-            await worker.run(lambda: 1 / 0)
-        assert await worker.run(lambda: 2) == 2
+            await worker.run("calls", lambda: 1 / 0)
+        assert await worker.run("calls", lambda: 2) == 2
         await worker.stop()
 
     asyncio.run(scenario())

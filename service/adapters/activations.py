@@ -12,6 +12,7 @@ from schemas.activations import MAX_GRID_POINTS, ActivationsRequest, Grid
 from service import codec
 from service.adapters.errors import located
 from service.compute.activation_curves import CATALOGUE, ActivationCurve, check_activations, default_grid
+from service.engines import Call
 from service.errors import LimitExceeded, Loc
 
 
@@ -39,6 +40,16 @@ def decode_z(body: ActivationsRequest, max_elements: int) -> np.ndarray:
     with located():
         check_activations(body.activations, z, body.alpha, body.dtype)
     return z
+
+
+def grid(start: float, stop: float, num: int) -> np.ndarray:
+    """The plot query's z: `num` points from `start` to `stop` (the seed's linspace)."""
+    return default_grid(start, stop, num)
+
+
+def evaluation(names: Sequence[str], z: np.ndarray, alpha: float, dtype: str) -> Call:
+    """The activations engine's job: each named activation and its local gradient at every z."""
+    return Call("evaluate_activations", {"names": names, "z": z, "alpha": alpha, "dtype": dtype})
 
 
 def encode_curves(

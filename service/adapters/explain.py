@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,6 @@ from service.adapters.errors import located
 from service.compute.explain.network import prepare_network_explanation
 from service.compute.explain.prepare import Array, ExplainOptions, NetworkExplanation
 from service.errors import ValidationFailed
-from service.settings import Settings
 
 
 def _options(body: NetworkExplanationRequest) -> ExplainOptions:
@@ -146,19 +144,3 @@ def plot_arguments(job: NetworkExplanation, result: Any, feature_names: Sequence
         "method": job.evaluation.method,
         "deltas": None if result.convergence_delta is None else [float(d) for d in result.convergence_delta],
     }
-
-
-_engines: dict[tuple[int, int, bool], Any] = {}
-_engines_lock = threading.Lock()
-
-
-def explain_engine(settings: Settings) -> Any:
-    """The explain engine of these settings; made (and TensorFlow imported) in the worker thread, on first use."""
-    from service.compute.explain.engine import ExplainEngine  # noqa: PLC0415  (TensorFlow: worker thread only)
-
-    key = (settings.max_elements, settings.function_cache_size, settings.xla)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = ExplainEngine(settings.max_elements, settings.function_cache_size, settings.xla)
-    return engine

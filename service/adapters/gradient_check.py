@@ -3,8 +3,6 @@ JSON precision in the check's dtype (with notes on every cast); a `GradientCheck
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,10 +14,9 @@ from service import codec
 from service.adapters.errors import located
 from service.adapters.networks import network_problem
 from service.compute.gradcheck import CheckOptions, Comparison, GradientCheck, TapeCheck
-from service.compute.gradcheck.network import check_network
-from service.compute.gradcheck.tape import check_tape
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
+from service.engines import Call
 from service.errors import Loc, ValidationFailed, format_loc
 
 
@@ -186,19 +183,17 @@ def decode_claimed(body: GradientCheckRequest, max_elements: int, notes: list[st
     }
 
 
-def check_job(
-    body: GradientCheckRequest, *, engine: Any, max_elements: int, max_fd_elements: int, deadline: float
-) -> Callable[[], GradientCheck]:
-    """The check as one call for the worker thread: the network's (batched finite differences on `engine`)
-    or the tape's (the program re-run per perturbation); both stop at `deadline`. Its errors are located
-    relative to the check body (place them with `errors.located`)."""
+def check_job(body: GradientCheckRequest, *, max_elements: int, max_fd_elements: int, deadline: float) -> Call:
+    """The gradient-check engine's job: the network's check (batched finite differences on the networks
+    engine) or the tape's (the program re-run per perturbation); both stop at `deadline`. Its errors are
+    located relative to the check body (place them with `errors.located`)."""
     notes: list[str] = []
     claimed = decode_claimed(body, max_elements, notes)
     if body.network is not None:
         notes += dtype_note("network", body.network.dtype, body.dtype)
         problem = decode_network(body.network, body.dtype, max_elements, notes)
         options = _options(body, claimed, max_fd_elements, deadline, notes)
-        return functools.partial(check_network, problem, engine=engine, sources=body.sources, options=options)
+        return Call("check_network", {"problem": problem, "sources": body.sources, "options": options})
     if body.tape is not None:
         tape = body.tape
         notes += dtype_note("tape", tape.dtype, body.dtype)
@@ -213,7 +208,8 @@ def check_job(
             float_dtype=body.dtype,
             max_elements=max_elements,
         )
-        return functools.partial(check_tape, run, _options(body, claimed, max_fd_elements, deadline, notes))
+        options = _options(body, claimed, max_fd_elements, deadline, notes)
+        return Call("check_tape", {"tape": run, "options": options})
     raise ValidationFailed.at(("body",), "send exactly one of network and tape")  # the schema requires one
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from schemas.tape import TapeRequest
 from service import codec
-from service.compute.program import ComputeRequest, TapeInput, TapeRun, list_ops
+from service.adapters.errors import located
+from service.compute.program import ComputeRequest, TapeInput, TapeRun, list_ops, parse_program
+from service.engines import Call
 from service.vocabulary import DTYPES
 
 DTYPE_CONSTANTS = [*(f"tf.{name}" for name in DTYPES), "float"]
@@ -56,6 +58,26 @@ def decode_compute(body: TapeRequest, max_elements: int) -> list[ComputeRequest]
             )
         )
     return requests
+
+
+def decode_job(body: TapeRequest, max_elements: int) -> Call:
+    """The programs engine's job; the program's static checks answer here, before the job queues."""
+    with located():
+        parsed = parse_program(body.program)
+    return Call(
+        "run_tape",
+        {
+            "inputs": decode_inputs(body, max_elements),
+            "program": parsed,
+            "compute": decode_compute(body, max_elements),
+            "watch": body.watch,
+            "persistent": body.persistent,
+            "watch_accessed_variables": body.watch_accessed_variables,
+            "outputs": body.outputs,
+            "float_dtype": body.dtype,
+            "max_elements": max_elements,
+        },
+    )
 
 
 def encode_run(run: TapeRun, device: str, encoding: codec.Encoding) -> dict[str, Any]:

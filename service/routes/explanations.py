@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from schemas.explain import MAX_PANELS, ExplanationResponse, NetworkExplanationRequest
 from schemas.problems import PROBLEM_RESPONSES
 from service import codec
-from service.adapters.explain import decode_network_explanation, encode_explanation, explain_engine, plot_arguments
-from service.compute.explain.plot import plot_attributions
+from service.adapters.explain import decode_network_explanation, encode_explanation, plot_arguments
+from service.adapters.plots import etag
 from service.deps import SettingsDep, WorkerDep
+from service.engines import Call
 from service.http import JSONBytesResponse, StrictJSONRoute
-from service.routes.activations import PlotRenderer, get_plot_renderer
 
 router = APIRouter(prefix="/v1/networks", tags=["explanations"], route_class=StrictJSONRoute)
 
@@ -73,12 +71,11 @@ async def network_explanations(
     request: Request,
     worker: WorkerDep,
     settings: SettingsDep,
-    renderer: Annotated[PlotRenderer, Depends(get_plot_renderer)],
 ) -> Response:
     png = wants_png(request.headers.get("accept", ""))
     deadline = worker.deadline()
     job = decode_network_explanation(body, settings.max_elements, png=png, stop_at=deadline)
-    (result,) = [await worker.run_merged(job.merge_key, job, lambda jobs: explain_engine(settings).run(jobs), deadline)]
+    result = await worker.run("explanations", job, deadline)
     if not png:
         document = encode_explanation(
             job,
@@ -89,8 +86,6 @@ async def network_explanations(
             encoding=body.response_encoding,
         )
         return JSONBytesResponse(codec.render(document))
-    arguments = plot_arguments(job, result, body.feature_names)
-    digest = hashlib.sha256(codec.render({**arguments, "theme": body.theme})).hexdigest()
-    draw = functools.partial(plot_attributions, theme=body.theme, **arguments)
-    image, etag = await renderer.render(("explanation", digest), draw, deadline=deadline)
-    return Response(image, media_type="image/png", headers={"ETag": etag})
+    figure = Call("plot_attributions", {**plot_arguments(job, result, body.feature_names), "theme": body.theme})
+    image = await worker.run("plots", figure, deadline)
+    return Response(image, media_type="image/png", headers={"ETag": etag(image)})

@@ -8,7 +8,6 @@ from schemas.gradient_check import GradientCheckRequest, GradientCheckResponse
 from schemas.problems import PROBLEM_RESPONSES
 from service.adapters import gradient_check as adapt
 from service.adapters.errors import located
-from service.compute.gradcheck import GradientCheck
 from service.deps import SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
 
@@ -28,12 +27,8 @@ router = APIRouter(prefix="/v1", tags=["gradient check"], route_class=StrictJSON
 async def gradient_check(body: GradientCheckRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
     deadline = worker.deadline()
     job = adapt.check_job(
-        body,
-        engine=worker.networks,
-        max_elements=settings.max_elements,
-        max_fd_elements=settings.max_fd_elements,
-        deadline=deadline,
+        body, max_elements=settings.max_elements, max_fd_elements=settings.max_fd_elements, deadline=deadline
     )
     with located():
-        result: GradientCheck = await worker.run(job, deadline=deadline)
+        result = await worker.run("gradient checks", job, deadline)
     return json_response(adapt.encode_check(result, worker.pinned_device, body.response_encoding))

@@ -27,7 +27,7 @@ NETWORK_BODY = JSONBody(NetworkRequest, arrays=adapt.ARRAYS)
 async def network_gradients(request: Request, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
     body = await NETWORK_BODY.read(request)
     problem = adapt.decode_network(body.model, settings.max_elements, body.arrays)
-    result = await worker.network_gradients(problem)
+    result = await worker.run("networks", problem)
     return json_response(
         adapt.encode_network(result, worker.pinned_device, body.model.dtype, body.model.response_encoding)
     )

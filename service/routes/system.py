@@ -49,7 +49,7 @@ async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
             queue_limit=settings.queue_limit,
             max_fd_elements=settings.max_fd_elements,
         ),
-        function_cache=FunctionCache(**worker.networks.stats()),
+        function_cache=FunctionCache(**worker.engine_stats()["networks"]),
         batching={
             "window_ms": settings.batch_window_ms,
             "max_requests": settings.max_batch_requests,

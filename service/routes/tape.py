@@ -8,7 +8,6 @@ from schemas.problems import PROBLEM_RESPONSES
 from schemas.tape import OpsResponse, TapeRequest, TapeResponse
 from service.adapters import tape as adapt
 from service.adapters.errors import located
-from service.compute.program import parse_program, run_tape
 from service.deps import SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
 
@@ -25,23 +24,9 @@ router = APIRouter(prefix="/v1", tags=["tape"], route_class=StrictJSONRoute)
     "`.../non-persistent-tape` with `compute_index` and TensorFlow's own message.",
 )
 async def tape(body: TapeRequest, worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
+    job = adapt.decode_job(body, settings.max_elements)
     with located():
-        parsed = parse_program(body.program)  # static checks answer before the job queues
-    inputs = adapt.decode_inputs(body, settings.max_elements)
-    compute = adapt.decode_compute(body, settings.max_elements)
-    with located():
-        run = await worker.run(
-            run_tape,
-            inputs,
-            parsed,
-            compute=compute,
-            watch=body.watch,
-            persistent=body.persistent,
-            watch_accessed_variables=body.watch_accessed_variables,
-            outputs=body.outputs,
-            float_dtype=body.dtype,
-            max_elements=settings.max_elements,
-        )
+        run = await worker.run("programs", job)
     return json_response(adapt.encode_run(run, worker.pinned_device, body.response_encoding))
 
 

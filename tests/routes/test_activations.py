@@ -16,9 +16,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from schemas.activations import ActivationCatalogue, ActivationsResponse
+from service import engines
+from service.adapters.plots import PlotCache
 from service.errors import DeadlineExceeded, QueueFull
-from service.routes.activations import PlotRenderer
+from service.settings import Settings
+from service.worker import Worker
 from tests.conftest import make_client
+from tests.engines import CALLS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEED_FUNCTIONS = {
@@ -203,12 +207,12 @@ def test_plot_panels_follow_the_query(client: TestClient) -> None:
 def test_identical_queries_are_served_from_the_cache(client: TestClient) -> None:
     url = "/v1/activations/plot.png?activations=sigmoid,relu&num=33&theme=light"
     first = client.get(url)
-    renderer: PlotRenderer = client.app.state.plot_renderer  # type: ignore[attr-defined]
-    renders = renderer.renders
+    cache: PlotCache = client.app.state.plot_cache  # type: ignore[attr-defined]
+    renders = cache.renders
     # spelled differently, the same figure: spaces, and alpha without leaky_relu
     second = client.get("/v1/activations/plot.png?theme=light&num=33&activations=sigmoid,%20relu&alpha=0.3")
     assert second.status_code == 200 and second.content == first.content
-    assert renderer.renders == renders
+    assert cache.renders == renders
     assert first.headers["etag"] == second.headers["etag"]
     unchanged = client.get(url, headers={"If-None-Match": first.headers["etag"]})
     assert unchanged.status_code == 304 and unchanged.content == b""
@@ -238,7 +242,11 @@ def test_plot_query_limits(client: TestClient, query: str, loc: list[Any]) -> No
 
 
 def test_renderer_runs_in_its_own_thread_and_is_bounded() -> None:
-    renderer = PlotRenderer(cache_size=2, max_pending=1)
+    # the service's own lanes and engines, plus a calls engine in the plots lane to hold it busy on purpose
+    worker = Worker(Settings(warmup=False))
+    engines.install(worker)
+    worker.register("plot calls", CALLS, lane=engines.PLOTS_LANE)
+    cache = PlotCache(size=2)
     release = threading.Event()
 
     def thread_name() -> bytes:
@@ -249,21 +257,24 @@ def test_renderer_runs_in_its_own_thread_and_is_bounded() -> None:
         return b"late"
 
     async def scenario() -> None:
-        png, etag = await renderer.render("a", thread_name, deadline=time.monotonic() + 5)
+        await worker.start()
+        png, etag = cache.store("a", await worker.run("plot calls", thread_name, deadline=time.monotonic() + 5))
         assert png.startswith(b"tapeserve-plot") and etag.startswith('"')
-        assert renderer.cached("a") == (png, etag)
+        assert cache.get("a") == (png, etag)
         with pytest.raises(DeadlineExceeded):
-            await renderer.render("b", blocked, deadline=time.monotonic() + 0.05)
-        with pytest.raises(QueueFull):  # the abandoned render still holds the only slot
-            await renderer.render("c", thread_name, deadline=time.monotonic() + 5)
+            await worker.run("plot calls", blocked, deadline=time.monotonic() + 0.05)
+        # the abandoned render still holds the lane: what waits behind it fills the queue
+        waiting = [
+            asyncio.ensure_future(worker.run("plot calls", thread_name, deadline=time.monotonic() + 5))
+            for _ in range(engines.PLOT_QUEUE_LIMIT)
+        ]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await worker.run("plot calls", thread_name, deadline=time.monotonic() + 5)
         release.set()
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            try:
-                await renderer.render("c", thread_name, deadline=time.monotonic() + 5)
-                break
-            except QueueFull:
-                continue
-        assert renderer.cached("c") is not None
+        assert all(png.startswith(b"tapeserve-plot") for png in await asyncio.gather(*waiting))
+        cache.store("c", await worker.run("plot calls", thread_name, deadline=time.monotonic() + 5))
+        assert cache.get("c") is not None
+        await worker.stop()
 
     asyncio.run(scenario())
