@@ -1,7 +1,7 @@
 """Gradient checks of tape programs: `tape.gradient` against central differences of the program's target.
 
-The program is arbitrary, so each perturbation re-runs it (about a millisecond for the seed's program);
-the number of perturbed elements is therefore capped lower (`TAPE_FD_MAX_ELEMENTS`).
+The program is arbitrary, so each perturbation re-runs it; the number of perturbed elements is therefore
+capped lower (`TAPE_FD_MAX_ELEMENTS`).
 """
 
 from __future__ import annotations
