@@ -80,13 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.plot_cache = PlotCache()
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
+    networks.install(app)  # the busiest route, first in the table the router walks
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
     install_auth(app, settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
-    # busiest routes first (the router tries them in order; /metrics, added above, stays first in OpenAPI)
-    for module in (networks, system, tape, activations, gradient_check, explanations):
+    # busier routes first: the router tries them in order
+    for module in (system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)

@@ -62,6 +62,19 @@ class JsonFormatter(logging.Formatter):
             document["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(document, default=str).decode()
 
+    @staticmethod
+    def access_line(created: float, method: str, path: str, status: int, extra: dict[str, Any]) -> str:
+        """What `format` writes for the access record `"%s %s %d" % (method, path, status)` with `extra`,
+        logged at `created`: the same object, built without a `LogRecord`."""
+        document: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": access_logger.name,
+            "msg": f"{method} {path} {status}",
+            **extra,
+        }
+        return orjson.dumps(document, default=str).decode()
+
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes its lines in batches, as nginx's `access_log ... buffer= flush=` does.
@@ -96,6 +109,14 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             raise
         except Exception:
             self.handleError(record)
+
+    def emit_line(self, line: str) -> None:
+        """Write one already formatted info line as `emit` would (batched)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line + self.terminator)
+            self._pending_chars += len(line) + 1
+            if self.interval <= 0 or self._pending_chars >= self.capacity:
+                self._write_pending()
 
     def _write_pending(self) -> None:
         if self._pending:
@@ -303,19 +324,44 @@ class ObservabilityMiddleware:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             metrics.observe(method, self.route_labels(scope), status, seconds)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
-                    "%s %s %d",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    extra={
-                        "request_id": scope.get("state", {}).get("request_id"),
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(seconds * 1000.0, 3),
-                    },
-                )
+                log_access(scope, status, seconds)
+
+
+def _sole_access_handler() -> BatchingStreamHandler | None:
+    """The handler every access record reaches and the only one, when nothing else (a filter, another
+    handler, another formatter) could see or change the record on its way: then the line can be handed to
+    it ready-made. Checked on every call, so a reconfigured logging (pytest's caplog, say) takes effect."""
+    logger: logging.Logger | None = access_logger
+    while logger is not None and logger is not logging.root:
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        logger = logger.parent
+    root = logging.root
+    if logger is not root or len(root.handlers) != 1 or root.filters:
+        return None
+    handler = root.handlers[0]
+    if type(handler) is not BatchingStreamHandler or type(handler.formatter) is not JsonFormatter:
+        return None
+    return None if handler.filters or handler.level > logging.INFO else handler
+
+
+def log_access(scope: Scope, status: int, seconds: float) -> None:
+    """The access line of one request: `"METHOD path status"` with its request id, method, path, status
+    and duration. Where logging would only format it and batch it (`_sole_access_handler`), it is
+    formatted here and batched directly, without a `LogRecord`."""
+    method, path = scope["method"], scope["path"]
+    extra = {
+        "request_id": scope.get("state", {}).get("request_id"),
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000.0, 3),
+    }
+    handler = _sole_access_handler()
+    if handler is None:
+        access_logger.info("%s %s %d", method, path, status, extra=extra)
+    else:
+        handler.emit_line(JsonFormatter.access_line(time.time(), method, path, status, extra))
 
 
 router = APIRouter(tags=["service"])

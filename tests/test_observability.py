@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,8 +20,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.networks import SEED_REQUEST
+from service import observability
 from service.app import create_app
-from service.observability import UNMATCHED_ROUTE, BatchingStreamHandler, JsonFormatter, configure_logging
+from service.observability import (
+    UNMATCHED_ROUTE,
+    BatchingStreamHandler,
+    JsonFormatter,
+    configure_logging,
+    log_access,
+)
 from service.settings import Settings
 from tests.blocking import BlockedWorker, wait_until
 from tests.conftest import make_client, wait_ready
@@ -182,21 +191,28 @@ def test_json_formatter_keeps_tracebacks_on_one_line() -> None:
     assert "ZeroDivisionError" in orjson.loads(line)["exc"]
 
 
-def test_configure_logging_routes_every_logger_to_json() -> None:
-    stream = io.StringIO()
+@contextlib.contextmanager
+def json_logging(stream: io.StringIO, flush_interval: float = 0.25) -> Iterator[logging.Handler]:
+    """`configure_logging` writing to `stream`, and the root logger as it was afterwards."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     try:
-        configure_logging("info", stream)
-        logging.getLogger("uvicorn.error").info("started")
-        logging.getLogger("tapeserve.worker").debug("not at info level")
-        root.handlers[0].flush()
+        configure_logging("info", stream, flush_interval=flush_interval)
+        yield root.handlers[0]
     finally:
         for handler in root.handlers:
             if handler not in saved_handlers:
                 handler.close()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_configure_logging_routes_every_logger_to_json() -> None:
+    stream = io.StringIO()
+    with json_logging(stream) as handler:
+        logging.getLogger("uvicorn.error").info("started")
+        logging.getLogger("tapeserve.worker").debug("not at info level")
+        handler.flush()
     lines = stream.getvalue().splitlines()
     assert [orjson.loads(line)["msg"] for line in lines] == ["started"]
 
@@ -244,6 +260,36 @@ def test_interval_zero_writes_every_line_at_once() -> None:
         assert "now" in stream.getvalue()
     finally:
         handler.close()
+
+
+def test_access_lines_written_directly_equal_those_logging_writes() -> None:
+    # the direct path (the batching handler is the only one) against logging's own (a filter on the
+    # access logger sends the record through Logger, LogRecord and JsonFormatter.format)
+    stream = io.StringIO()
+    scope = {"method": "POST", "path": "/v1/networks/gradients", "state": {"request_id": "req-7"}}
+    access = logging.getLogger("tapeserve.access")
+    with json_logging(stream, flush_interval=0) as handler:
+        assert observability._sole_access_handler() is handler
+        log_access(scope, 200, 0.0012345)
+        access.addFilter(lambda record: True)
+        try:
+            assert observability._sole_access_handler() is None
+            log_access(scope, 200, 0.0012345)
+        finally:
+            access.filters.clear()
+    direct, logged = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert direct.pop("ts")[:16] == logged.pop("ts")[:16]  # the same minute (ISO 8601 with milliseconds)
+    assert list(direct.items()) == list(logged.items())  # the same members, in the same order
+    assert direct == {
+        "level": "INFO",
+        "logger": "tapeserve.access",
+        "msg": "POST /v1/networks/gradients 200",
+        "request_id": "req-7",
+        "method": "POST",
+        "path": "/v1/networks/gradients",
+        "status": 200,
+        "duration_ms": 1.234,
+    }
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
