@@ -17,9 +17,10 @@ from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
 from service.http import RequestContextMiddleware, call_self
+from service.models import ModelRepository
 from service.observability import configure_logging, install_observability
 from service.openapi import install_openapi, operation_id
-from service.routes import activations, explanations, gradient_check, networks, system, tape
+from service.routes import activations, explanations, gradient_check, models, networks, system, tape
 from service.settings import Settings
 from service.worker import Worker
 
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engines.install(worker)
         await worker.start()
         app.state.worker = worker
+        # the repository's loader thread pins its TensorFlow work to the worker's device
+        app.state.models.start(worker.pinned_device)
         app.state.http_warm = not settings.warmup
         warming = asyncio.create_task(warm_http(app, worker, settings)) if settings.warmup else None
         try:
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if warming is not None:
                 warming.cancel()
+            await asyncio.to_thread(app.state.models.stop)
             await worker.stop()
 
     app = FastAPI(
@@ -80,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.plot_cache = PlotCache()
     app.state.drain = Drain()  # set by SIGTERM (service/drain.py), read by /readyz
+    app.state.models = ModelRepository(settings)  # started by the lifespan
     networks.install(app)  # the busiest route, first in the table the router walks
     install_error_handlers(app)
     # middleware added later wraps what came before: observability (outermost) > request context > auth
@@ -87,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
     # busier routes first: the router tries them in order
-    for module in (system, tape, activations, gradient_check, explanations):
+    for module in (models, system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)

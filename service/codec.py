@@ -274,6 +274,12 @@ def _nested_values(array: np.ndarray, finite: bool) -> Any:
     return np.ascontiguousarray(array)
 
 
+def plain_values(array: np.ndarray | np.generic) -> Any:
+    """A numpy array as bare JSON values (a number, or nested arrays; non-finite values as "NaN",
+    "Infinity", "-Infinity"), as TF Serving's answers carry them; `render` writes it."""
+    return _nested_values(np.asarray(array), finite=False)
+
+
 def encode(array: np.ndarray | np.generic, encoding: Encoding = "nested", *, finite: bool = False) -> dict[str, Any]:
     """A numpy array as a response tensor; `finite` says the caller knows it holds no NaN or infinity."""
     array = np.asarray(array)

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from service.adapters.plots import PlotCache
 from service.drain import Drain
+from service.models import ModelRepository
 from service.settings import Settings
 from service.worker import Worker
 
@@ -37,6 +38,12 @@ async def get_drain(request: Request) -> Drain:
     return drain
 
 
+async def get_models(request: Request) -> ModelRepository:
+    """The app's model repository (see `service.models`)."""
+    models: ModelRepository = request.app.state.models
+    return models
+
+
 async def get_plot_cache(request: Request) -> PlotCache:
     """The PNGs the app has rendered (see `service.adapters.plots`)."""
     cache: PlotCache = request.app.state.plot_cache
@@ -47,4 +54,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 HttpWarmDep = Annotated[bool, Depends(get_http_warm)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
+ModelsDep = Annotated[ModelRepository, Depends(get_models)]
 PlotCacheDep = Annotated[PlotCache, Depends(get_plot_cache)]

@@ -122,6 +122,14 @@ class NotReady(ServiceError):
     status, slug, title = 503, "not-ready", "Service is starting"
 
 
+class ModelNotFound(NotFound):
+    status, slug, title = 404, "model-not-found", "Model or model version not found"
+
+
+class ModelNotAvailable(NotReady):
+    status, slug, title = 503, "model-loading", "Model version is loading"
+
+
 class DeadlineExceeded(ServiceError):
     status, slug, title = 504, "deadline-exceeded", "Request deadline passed"
 

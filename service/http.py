@@ -27,6 +27,7 @@ from service.observability import WARM_UP_SCOPE_KEY
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_UNDECLARED = frozenset({"", "application/x-www-form-urlencoded"})
 
 
 class JSONBytesResponse(Response):
@@ -113,6 +114,10 @@ class ParsedBody(Generic[M]):
     arrays: dict[str, np.ndarray]
 
 
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+"""The models of every `JSONBody`, by component name: the OpenAPI document holds each (see `service.openapi`)."""
+
+
 @dataclass(frozen=True)
 class JSONBody(Generic[M]):
     """The JSON body of a route that reads it itself (`await body.read(request)`), so
@@ -122,6 +127,12 @@ class JSONBody(Generic[M]):
 
     model: type[M]
     arrays: Mapping[str, codec.ArrayField] = field(default_factory=dict)
+    undeclared_is_json: bool = False
+    """Read a body sent with no Content-Type, or with curl's default for `-d`
+    (application/x-www-form-urlencoded), as JSON too: TF Serving does, and its documented calls rely on it."""
+
+    def __post_init__(self) -> None:
+        BODY_MODELS.setdefault(self.model.__name__, self.model)
 
     @property
     def openapi(self) -> dict[str, Any]:
@@ -130,7 +141,10 @@ class JSONBody(Generic[M]):
 
     async def read(self, request: Request) -> ParsedBody[M]:
         body = await request.body()
-        document = parse_json_body(body, request.headers.get("content-type", ""), self.arrays)
+        content_type = request.headers.get("content-type", "")
+        if self.undeclared_is_json and content_type.split(";", 1)[0].strip().lower() in _UNDECLARED:
+            content_type = "application/json"
+        document = parse_json_body(body, content_type, self.arrays)
         arrays = codec.set_aside(document, self.arrays)
         return ParsedBody(validate_body(self.model, document), arrays)
 

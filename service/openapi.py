@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 
 from schemas.problems import PROBLEM_DESCRIPTIONS, Problem
 from service.errors import PROBLEM_JSON, extend_openapi
+from service.http import BODY_MODELS
 
 PROBLEM_REF = "#/components/schemas/Problem"
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -38,9 +39,21 @@ def _with_problem_schema(document: dict[str, Any]) -> None:
     schemas["Problem"] = schema
 
 
+def _with_body_schemas(document: dict[str, Any]) -> None:
+    """The component of every body a route reads itself (`JSONBody`) that no other model brought in."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, model in BODY_MODELS.items():
+        if name not in schemas:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for inner, definition in schema.pop("$defs", {}).items():
+                schemas.setdefault(inner, definition)
+            schemas[name] = schema
+
+
 def add_common_responses(document: dict[str, Any]) -> None:
     """Every operation: 500 problem+json; with a path parameter, 404 problem+json too."""
     _with_problem_schema(document)
+    _with_body_schemas(document)
     for operations in document.get("paths", {}).values():
         for method, operation in operations.items():
             if method not in _HTTP_METHODS or not isinstance(operation, dict):

@@ -80,7 +80,21 @@ class Settings(BaseSettings):
     warmup: bool = True
     """Trace the seed network at start-up so the first request is fast (`/readyz` waits for it)."""
 
-    @field_validator("log_level", mode="before")
+    model_dir: str = "models"
+    """The model repository (TF Serving's layout `<dir>/<name>/<version>/`), relative to the working directory;
+    the repository ships an example there. A directory that does not exist serves no models."""
+
+    model_versions: Literal["latest", "all"] = "latest"
+    """`latest`: serve each model's highest version only, as TF Serving does; `all`: serve every version."""
+
+    model_poll_s: float = Field(default=2.0, ge=0)
+    """How often the model repository is read again; 0 reads it once, at start."""
+
+    allow_unsafe_ops: bool = False
+    """Serve SavedModels whose serving functions hold ops that reach outside the computation (files, network,
+    Python callbacks, printing); refused by default, with the op named in the version's status."""
+
+    @field_validator("log_level", "model_versions", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,10 @@ from service.settings import Settings
 FUZZ_EXAMPLES = 50
 """Fuzzing-phase examples per operation (the examples and coverage phases add their own fixed sets)."""
 
-app = create_app(Settings(cpu_logical_devices=2, warmup=False))
+# the ASGI transport runs the lifespan for every request, so a served model would always still be loading:
+# the model routes are fuzzed against an empty repository here (tests/routes/test_models_hostile.py has models)
+EMPTY_REPOSITORY = Path(__file__).with_name("no-such-model-repository")
+app = create_app(Settings(cpu_logical_devices=2, warmup=False, model_dir=str(EMPTY_REPOSITORY)))
 # from the application's own document; each operation's test starts the app's lifespan on its first request
 schema = schemathesis.openapi.from_dict(app.openapi())
 schema.config.generation.update(

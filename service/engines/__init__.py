@@ -28,6 +28,7 @@ ENGINES: tuple[tuple[str, str, str], ...] = (
     ("programs", f"{FACTORIES}:programs", MAIN_LANE),
     ("activations", f"{FACTORIES}:activations", MAIN_LANE),
     ("gradient checks", f"{FACTORIES}:gradient_checks", MAIN_LANE),
+    ("models", f"{FACTORIES}:models", MAIN_LANE),
     ("plots", f"{FACTORIES}:plots", PLOTS_LANE),
 )
 

@@ -15,6 +15,7 @@ from service.compute.explain.engine import ExplainEngine
 from service.compute.explain.plot import plot_attributions
 from service.compute.gradcheck.network import check_network
 from service.compute.gradcheck.tape import check_tape
+from service.compute.models.engine import ModelsEngine
 from service.compute.networks import NetworkProblem
 from service.compute.networks.engine import NetworkEngine
 from service.compute.plots import plot_activations
@@ -73,6 +74,11 @@ def programs(context: EngineContext) -> Engine:
 def activations(context: EngineContext) -> Engine:
     """`Call("evaluate_activations", ...)` -> `ActivationCurve`s."""
     return Functions({"evaluate_activations": evaluate_activations})
+
+
+def models(context: EngineContext) -> Engine:
+    """`PredictJob` -> the signature's outputs; Keras jobs of one version, signature and instance shape merged."""
+    return ModelsEngine()
 
 
 def gradient_checks(context: EngineContext) -> Engine:

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
 from schemas.tensors import MAX_RANK
 from service import __version__
-from service.deps import DrainDep, HttpWarmDep, SettingsDep, WorkerDep
+from service.deps import DrainDep, HttpWarmDep, ModelsDep, SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, json_response
 
 router = APIRouter(tags=["service"])
@@ -21,13 +21,14 @@ async def healthz() -> JSONBytesResponse:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Readiness: 200 once the worker is warm, 503 before and after SIGTERM",
+    summary="Readiness: 200 once the worker is warm and the models found at start are loaded (or failed), "
+    "503 before and after SIGTERM",
     responses={503: {"model": Readiness, "description": "Still starting, or draining after SIGTERM"}},
 )
-async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep) -> JSONBytesResponse:
+async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep, models: ModelsDep) -> JSONBytesResponse:
     if drain.draining:
         return json_response(Readiness(status="draining"), status_code=503, headers={"Retry-After": "1"})
-    if worker.ready and http_warm:
+    if worker.ready and http_warm and models.ready:
         return json_response(Readiness(status="ready"))
     return json_response(Readiness(status="starting"), status_code=503, headers={"Retry-After": "1"})
 

@@ -75,6 +75,38 @@ class ServedModel:
         return {name: np.asarray(value) for name, value in outputs.items()}
 
 
+WARM_UP_BATCHES = (1, 2)
+"""Batch sizes every batched signature runs once before its version serves: the second size makes the
+compiled function take any batch size, so no request traces."""
+
+
+def warm_up(served: ServedModel) -> None:
+    """Run every signature on zeros of its inputs' shapes (unknown dimensions 1; batch sizes
+    `WARM_UP_BATCHES` when it is batched), so the version's first request is as fast as its tenth.
+    A signature that fails on zeros of its own shapes is a load error."""
+    for name, signature in served.signatures.items():
+        if any(info.shape is None for info in signature.inputs.values()):
+            continue  # an unknown rank: no shape to warm up with
+        for batch in WARM_UP_BATCHES if signature.batched else (1,):
+            zeros = {
+                key: np.zeros(
+                    [
+                        batch if index == 0 and signature.batched else (1 if size is None else size)
+                        for index, size in enumerate(info.shape or ())
+                    ],
+                    dtype=info.dtype,
+                )
+                for key, info in signature.inputs.items()
+            }
+            try:
+                served.predict(name, zeros)
+            except Exception as error:
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise LoadRefused(
+                    canonical_code(error), f"signature {name!r} fails on zeros of its input shapes: {first_line}"
+                ) from error
+
+
 def canonical_code(error: BaseException) -> str:
     """TensorFlow's canonical error code for a load failure (INVALID_ARGUMENT for anything not TensorFlow's)."""
     if isinstance(error, tf.errors.OpError):

@@ -1,0 +1,208 @@
+"""Served models (API.md §9): TensorFlow Serving's REST bodies — the model list, status, metadata and predict.
+
+The documents keep TF Serving's field names and string-typed numbers (`"version": "1"`, `"size": "-1"`), so
+that TF Serving's clients read them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SkipValidation, WithJsonSchema, model_validator
+
+from schemas.tensors import TensorIn
+
+SEED_INSTANCE = [76.0, 120.0, 37.5]
+"""The seed's patient: heart rate 76 BPM, systolic blood pressure 120 mm Hg, temperature 37.5 °C."""
+DEFAULT_SIGNATURE = "serving_default"
+STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
+State = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
+
+PlainValues = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "title": "PlainValues",
+            "description": 'A JSON number, or nested arrays of numbers; non-finite values as "NaN", '
+            '"Infinity", "-Infinity".',
+            "anyOf": [
+                {"type": "number", "title": "Number"},
+                {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"], "title": "NonFinite"},
+                {"type": "array", "title": "Nested", "items": {}},
+            ],
+        }
+    ),
+]
+
+NamedTensors = Annotated[dict[str, TensorIn], Field(title="NamedTensors")]
+
+
+class NamedValues(RootModel[dict[str, Any]]):
+    """Output name → its values (a number, or nested arrays; non-finite values as strings)."""
+
+
+Predicted = (
+    Annotated[float, Field(title="PredictedNumber")]
+    | Annotated[Literal["NaN", "Infinity", "-Infinity"], Field(title="PredictedNonFinite")]
+    | Annotated[list[Any], Field(title="PredictedNested")]
+    | NamedValues
+)
+"""A number, nested arrays (non-finite values as strings), or an object of output name → such values. Answers
+are rendered as they are, not through this type: it documents them."""
+
+
+# ---------------------------------------------------------------------------------------------- list, status
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(description="The model's folder name in the repository.")
+    versions: list[str] = Field(description="Its AVAILABLE versions, ascending, as TF Serving writes them.")
+    ready: bool = Field(description="Whether at least one version is AVAILABLE.")
+
+
+class ModelList(BaseModel):
+    """Every model the repository holds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"models": [{"name": "diabetes", "versions": ["1"], "ready": True}]}]}
+    )
+
+    models: list[ModelSummary]
+
+
+class VersionStatusDetail(BaseModel):
+    error_code: str = Field(description='TensorFlow\'s canonical error code: "OK", or why the version is not served.')
+    error_message: str = Field(description="Empty when OK; otherwise what went wrong.")
+
+
+class ModelVersionStatus(BaseModel):
+    version: str = Field(description="The version, a positive integer written as a string.")
+    state: State = Field(description="START, LOADING, AVAILABLE (serving), UNLOADING (draining), END.")
+    status: VersionStatusDetail
+
+
+class ModelStatus(BaseModel):
+    """TF Serving's GetModelStatusResponse: the versions of a model, highest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version_status": [
+                        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                    ]
+                }
+            ]
+        }
+    )
+
+    model_version_status: list[ModelVersionStatus]
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+class Dim(BaseModel):
+    size: str = Field(description='The dimension\'s size as a string; "-1" when any size is taken.')
+    name: str = ""
+
+
+class TensorShape(BaseModel):
+    dim: list[Dim]
+    unknown_rank: bool = Field(description="True when the rank is not known (dim is then empty).")
+
+
+class TensorInfoDoc(BaseModel):
+    dtype: str = Field(description="TensorFlow's DataType name: DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64...")
+    tensor_shape: TensorShape
+    name: str = Field(description="The tensor's name in the graph.")
+
+
+class SignatureDef(BaseModel):
+    inputs: dict[str, TensorInfoDoc]
+    outputs: dict[str, TensorInfoDoc]
+    method_name: str = Field(description='"tensorflow/serving/predict"')
+
+
+class SignatureDefMap(BaseModel):
+    signature_def: dict[str, SignatureDef]
+
+
+class ModelMetadataBody(BaseModel):
+    signature_def: SignatureDefMap
+
+
+class ModelSpec(BaseModel):
+    name: str
+    signature_name: str = Field(description="Empty in a metadata answer, as TF Serving has it.")
+    version: str
+
+
+class ModelMetadata(BaseModel):
+    """TF Serving's GetModelMetadataResponse for `signature_def`."""
+
+    model_spec: ModelSpec
+    metadata: ModelMetadataBody
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+Instance = SkipValidation[
+    Annotated[float, Field(title="InstanceNumber")]
+    | Annotated[list[Any], Field(title="InstanceNested")]
+    | Annotated[NamedValues, Field(title="InstanceByName")]
+]
+"""One instance: the value of the only input, or an object of input name → value. Documented here, checked by
+the adapter against the signature (with the codec's exact locations)."""
+
+
+class PredictRequest(BaseModel):
+    """TF Serving's predict: exactly one of `instances` (row format) or `inputs` (columnar format)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"instances": [[76.0, 120.0, 37.5]]},
+                {"signature_name": DEFAULT_SIGNATURE, "inputs": {"vitals": [[76.0, 120.0, 37.5]]}},
+            ]
+        },
+    )
+
+    signature_name: str = Field(
+        default=DEFAULT_SIGNATURE, min_length=1, max_length=256, description="The signature to run."
+    )
+    instances: list[Instance] | None = Field(
+        default=None,
+        max_length=1_048_576,
+        description="Row format: one entry per instance — the value of the only input, or an object of input "
+        "name → value. Values are JSON numbers and nested arrays, as TF Serving takes them.",
+    )
+    inputs: TensorIn | NamedTensors | None = Field(
+        default=None,
+        description="Columnar format: the batched value of the only input, or an object of input name → batched "
+        "value; a value may also be any Tensor form ({shape, data}, {shape, dtype, b64}).",
+    )
+
+    @model_validator(mode="after")
+    def _one_format(self) -> PredictRequest:
+        if (self.instances is None) == (self.inputs is None):
+            raise ValueError("send exactly one of instances (row format) or inputs (columnar format)")
+        return self
+
+
+class PredictResponse(BaseModel):
+    """`predictions` answers `instances` (one entry per instance, objects when there are several outputs);
+    `outputs` answers `inputs` (a bare value for one output, else an object of output name → value)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"predictions": [[0.48843524, 0.51156473]]}]},
+    )
+
+    predictions: list[Predicted] | None = Field(
+        default=None, description="Per instance: its values, or an object of output name → values."
+    )
+    outputs: Predicted | None = Field(
+        default=None, description="The batched values of the only output, or an object of output name → values."
+    )

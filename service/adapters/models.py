@@ -1,0 +1,259 @@
+"""Served models: TF Serving's request bodies -> engine jobs (checked against the signature), results and
+repository states -> TF Serving's answers (API.md §9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from schemas.models import PredictRequest
+from service import codec
+from service.compute.models.engine import Outputs, PredictJob, mergeable
+from service.compute.models.spec import SignatureInfo, TensorInfo
+from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
+from service.models import Lease, ModelRepository, VersionStatus
+
+VERSION_LOC = ("path", "version")
+_TENSOR_KEYS = frozenset({"shape", "data", "dtype", "b64"})
+_TF_DTYPES = {
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "bfloat16": "DT_BFLOAT16",
+    "complex64": "DT_COMPLEX64",
+    "complex128": "DT_COMPLEX128",
+}
+
+
+def parse_version(raw: str) -> int:
+    """A version from the path: a positive integer (422 naming the path parameter otherwise; 404 for 0)."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise ValidationFailed.at(VERSION_LOC, f"a version is a positive integer, got {raw[:40]!r}")
+    number = int(raw)
+    if number == 0:
+        raise ModelNotFound("Versions are positive integers: there is no version 0.")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------- answers
+
+
+def model_list(repository: ModelRepository) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": name, "versions": [str(number) for number in versions], "ready": bool(versions)}
+            for name, versions in repository.listing()
+        ]
+    }
+
+
+def model_status(versions: list[VersionStatus]) -> dict[str, Any]:
+    return {
+        "model_version_status": [
+            {
+                "version": str(found.version),
+                "state": found.state,
+                "status": {"error_code": found.error_code, "error_message": found.error_message},
+            }
+            for found in versions
+        ]
+    }
+
+
+def tf_dtype(dtype: str) -> str:
+    """TensorFlow's DataType enum name of a numpy dtype name (float32 -> DT_FLOAT, int64 -> DT_INT64)."""
+    return _TF_DTYPES.get(dtype, "DT_" + dtype.upper())
+
+
+def _tensor_info(info: TensorInfo) -> dict[str, Any]:
+    dims = (
+        [] if info.shape is None else [{"size": str(-1 if size is None else size), "name": ""} for size in info.shape]
+    )
+    return {
+        "dtype": tf_dtype(info.dtype),
+        "tensor_shape": {"dim": dims, "unknown_rank": info.shape is None},
+        "name": info.tensor_name,
+    }
+
+
+def model_metadata(lease: Lease) -> dict[str, Any]:
+    """TF Serving's metadata answer: every signature's inputs and outputs as its `signature_def` JSON."""
+    signatures = {
+        name: {
+            "inputs": {key: _tensor_info(info) for key, info in signature.inputs.items()},
+            "outputs": {key: _tensor_info(info) for key, info in signature.outputs.items()},
+            "method_name": signature.method_name,
+        }
+        for name, signature in sorted(lease.signatures.items())
+    }
+    return {
+        "model_spec": {"name": lease.name, "signature_name": "", "version": str(lease.number)},
+        "metadata": {"signature_def": {"signature_def": signatures}},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def _describe(info: TensorInfo) -> str:
+    shape = "unknown rank" if info.shape is None else str([-1 if size is None else size for size in info.shape])
+    return f"input {info.name!r} (shape {shape}, {info.dtype})"
+
+
+def _signature(body: PredictRequest, lease: Lease) -> SignatureInfo:
+    found = lease.signatures.get(body.signature_name)
+    if found is None:
+        known = ", ".join(sorted(lease.signatures)) or "none"
+        raise ValidationFailed.at(
+            ("body", "signature_name"),
+            f"version {lease.number} of {lease.name!r} has no signature {body.signature_name!r} (it has: {known})",
+        )
+    return found
+
+
+def _check_shape(info: TensorInfo, array: np.ndarray, loc: Loc, per_instance: bool) -> None:
+    if info.shape is None:
+        return
+    expected = info.shape[1:] if per_instance else info.shape
+    shape = array.shape[1:] if per_instance else array.shape
+    fits = len(shape) == len(expected) and all(
+        want is None or want == got for want, got in zip(expected, shape, strict=True)
+    )
+    if per_instance and not info.batched:
+        fits = False
+    if not fits:
+        what = "each instance of" if per_instance else ""
+        wanted = [-1 if size is None else size for size in expected]
+        hint = "" if info.batched or not per_instance else " (it has no batch dimension: send it with inputs)"
+        raise ValidationFailed.at(
+            loc,
+            f"{what + ' ' if what else ''}{_describe(info)} must have shape {wanted}{hint}; got {list(shape)}",
+        )
+
+
+def _decode(info: TensorInfo, value: Any, loc: Loc, max_elements: int) -> np.ndarray:
+    """`value` as the input's dtype; a value that does not fit it is a 422 naming the input."""
+    try:
+        return codec.decode(value, loc, max_elements=max_elements, dtype=info.dtype)
+    except ValidationFailed as error:
+        raise _about(error, info) from None
+
+
+def _about(error: ValidationFailed, info: TensorInfo) -> ValidationFailed:
+    """The same error, its messages saying which input (with the signature's shape and dtype) it concerns."""
+    errors = [{**item, "msg": f"{_describe(info)}: {item['msg']}"} for item in error.errors or []]
+    first = errors[0] if errors else {"loc": ["body"], "msg": f"{_describe(info)}: {error.detail}"}
+    return type(error)(f"{format_loc(first['loc'])}: {first['msg']}", errors=errors or None)
+
+
+def _relocated(error: ValidationFailed, name: str) -> ValidationFailed:
+    """An error found in the stacked values of one named input, placed in its instance object:
+    ("body", "instances", i, ...) -> ("body", "instances", i, name, ...)."""
+    errors = []
+    for item in error.errors or []:
+        loc = list(item["loc"])
+        if len(loc) >= 3:
+            loc = [*loc[:3], name, *loc[3:]]
+        errors.append({**item, "loc": loc})
+    if not errors:
+        return error
+    return type(error)(f"{format_loc(errors[0]['loc'])}: {errors[0]['msg']}", errors=errors)
+
+
+def _rows(signature: SignatureInfo, instances: list[Any], max_elements: int) -> dict[str, np.ndarray]:
+    """Row format: one value per instance (a single input), or one object of named values per instance."""
+    loc: Loc = ("body", "instances")
+    if not instances:
+        raise ValidationFailed.at(loc, "instances must hold at least one instance")
+    names = list(signature.inputs)
+    named = [isinstance(instance, dict) for instance in instances]
+    if any(named) and not all(named):
+        index = named.index(not named[0])
+        raise ValidationFailed.at((*loc, index), "instances must all be objects of named inputs, or all values")
+    if not named[0]:
+        if len(names) != 1:
+            raise ValidationFailed.at(
+                (*loc, 0), f"the signature has inputs {', '.join(map(repr, names))}: each instance names them"
+            )
+        info = signature.inputs[names[0]]
+        array = _decode(info, instances, loc, max_elements)
+        _check_shape(info, array, loc, per_instance=True)
+        return {names[0]: array}
+    for index, instance in enumerate(instances):
+        unknown = sorted(set(instance) - set(names))
+        if unknown:
+            raise ValidationFailed.at((*loc, index, unknown[0]), f"the signature has no input {unknown[0]!r}")
+        missing = [name for name in names if name not in instance]
+        if missing:
+            raise ValidationFailed.at((*loc, index, missing[0]), f"missing {_describe(signature.inputs[missing[0]])}")
+    arrays = {}
+    for name, info in signature.inputs.items():
+        try:
+            arrays[name] = _decode(info, [instance[name] for instance in instances], loc, max_elements)
+        except ValidationFailed as error:
+            raise _relocated(error, name) from None
+        _check_shape(info, arrays[name], loc, per_instance=True)
+    return arrays
+
+
+def _columns(signature: SignatureInfo, inputs: Any, max_elements: int) -> dict[str, np.ndarray]:
+    """Columnar format: the batched value of the only input, or an object of named batched values."""
+    loc: Loc = ("body", "inputs")
+    names = list(signature.inputs)
+    is_tensor_object = isinstance(inputs, dict) and "shape" in inputs and set(inputs) <= _TENSOR_KEYS
+    if not isinstance(inputs, dict) or (is_tensor_object and not set(inputs) & set(names)):
+        if len(names) != 1:
+            raise ValidationFailed.at(
+                loc, f"the signature has inputs {', '.join(map(repr, names))}: inputs must be an object naming them"
+            )
+        inputs = {names[0]: inputs}
+        value_loc: dict[str, Loc] = {names[0]: loc}
+    else:
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise ValidationFailed.at((*loc, unknown[0]), f"the signature has no input {unknown[0]!r}")
+        missing = [name for name in names if name not in inputs]
+        if missing:
+            raise ValidationFailed.at((*loc, missing[0]), f"missing {_describe(signature.inputs[missing[0]])}")
+        value_loc = {name: (*loc, name) for name in names}
+    arrays = {}
+    for name, info in signature.inputs.items():
+        arrays[name] = _decode(info, inputs[name], value_loc[name], max_elements)
+        _check_shape(info, arrays[name], value_loc[name], per_instance=False)
+    return arrays
+
+
+def decode_predict(body: PredictRequest, lease: Lease, max_elements: int) -> PredictJob:
+    """The engine's job for a predict body, every input checked against the signature (422 naming it)."""
+    signature = _signature(body, lease)
+    if body.instances is not None:
+        inputs = _rows(signature, body.instances, max_elements)
+        loc: Loc = ("body", "instances")
+    else:
+        inputs = _columns(signature, body.inputs, max_elements)
+        loc = ("body", "inputs")
+    batch = mergeable(lease.served, signature, inputs)
+    return PredictJob(served=lease.served, signature=signature.name, inputs=inputs, batch=batch, loc=tuple(loc))
+
+
+def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:
+    """TF Serving's answer: `predictions` (per instance) for row requests, `outputs` for columnar ones."""
+    names = sorted(outputs)
+    if body.inputs is not None:
+        if len(names) == 1:
+            return {"outputs": codec.plain_values(outputs[names[0]])}
+        return {"outputs": {name: codec.plain_values(outputs[name]) for name in names}}
+    count = len(body.instances or [])
+    for name in names:
+        value = outputs[name]
+        if value.ndim == 0 or value.shape[0] != count:
+            raise ValidationFailed.at(
+                ("body", "instances"),
+                f"output {name!r} has shape {list(value.shape)}, not one entry per instance ({count}): "
+                "send the request with inputs (columnar format)",
+            )
+    if len(names) == 1:
+        return {"predictions": codec.plain_values(outputs[names[0]])}
+    columns = {name: codec.plain_values(outputs[name]) for name in names}
+    return {"predictions": [{name: columns[name][index] for name in names} for index in range(count)]}

@@ -1,0 +1,296 @@
+"""Hostile requests on every served-model route: each gets its exact 4xx problem+json, naming the field, with
+TF Serving's `error` member; none is a 500, and the model keeps serving."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from tests import model_repo
+from tests.conftest import make_client, wait_ready
+
+MAX_ELEMENTS = 4096
+MAX_BODY = 256 * 1024
+SEQ = "/v1/models/seq:predict"
+SEQ_V1 = "/v1/models/seq/versions/1:predict"
+TWO = "/v1/models/two:predict"
+COUNTER = "/v1/models/counter:predict"
+GOOD_ROW = [0.5, -1.0, 2.0, 0.25]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    path: str
+    status: int
+    slug: str
+    body: bytes | None = None
+    content_type: str | None = "application/json"
+    loc: tuple[str | int, ...] | None = None
+    says: str | None = None
+
+
+def post(name: str, path: str, body: Any, status: int, slug: str, **kw: Any) -> Case:
+    return Case(name, "POST", path, status, slug, body=orjson.dumps(body), **kw)
+
+
+def raw(name: str, path: str, body: bytes, status: int, slug: str, **kw: Any) -> Case:
+    return Case(name, "POST", path, status, slug, body=body, **kw)
+
+
+def get(name: str, path: str, status: int, slug: str, **kw: Any) -> Case:
+    return Case(name, "GET", path, status, slug, content_type=None, **kw)
+
+
+def b64(array: np.ndarray) -> str:
+    return base64.b64encode(array.tobytes()).decode()
+
+
+INSTANCES = ("body", "instances")
+INPUTS = ("body", "inputs")
+CASES = [
+    # the body itself
+    raw("not json", SEQ, b'{"instances": [[1, 2', 400, "malformed-json"),
+    raw("empty body", SEQ, b"", 400, "malformed-json"),
+    raw("nan token", SEQ, b'{"instances": [[NaN, 1, 2, 3]]}', 400, "malformed-json"),
+    raw("text/plain", SEQ, b'{"instances": [[1, 2, 3, 4]]}', 415, "unsupported-media-type", content_type="text/plain"),
+    post("a list body", SEQ, [[1, 2, 3, 4]], 422, "validation", loc=("body",)),
+    post("neither format", SEQ, {"signature_name": "serving_default"}, 422, "validation", loc=("body",)),
+    post("both formats", SEQ, {"instances": [GOOD_ROW], "inputs": [GOOD_ROW]}, 422, "validation", loc=("body",)),
+    post("unknown field", SEQ, {"instance": [GOOD_ROW]}, 422, "validation", loc=("body", "instance")),
+    post("instances a string", SEQ, {"instances": "1, 2, 3, 4"}, 422, "validation", loc=INSTANCES),
+    post("instances empty", SEQ, {"instances": []}, 422, "validation", loc=INSTANCES),
+    post("inputs a boolean", SEQ, {"inputs": True}, 422, "validation", loc=INPUTS, says="boolean"),
+    post("inputs null", SEQ, {"inputs": None}, 422, "validation", loc=("body",)),
+    # values
+    post("a string value", SEQ, {"instances": [[1, "2", 3, 4]]}, 422, "validation", loc=(*INSTANCES, 0, 1)),
+    post("a boolean value", SEQ, {"instances": [[1, 2, True, 4]]}, 422, "validation", loc=(*INSTANCES, 0, 2)),
+    post("a null instance", SEQ, {"instances": [GOOD_ROW, None]}, 422, "validation", loc=(*INSTANCES, 1)),
+    post("ragged instances", SEQ, {"instances": [GOOD_ROW, [1, 2]]}, 422, "validation", loc=(*INSTANCES, 1)),
+    post("float32 overflow", SEQ, {"instances": [[1e39, 0, 0, 0]]}, 422, "validation", loc=INSTANCES, says="float32"),
+    post("too deep", SEQ, {"inputs": [[[[[[[[[[1]]]]]]]]]]}, 422, "validation", loc=INPUTS, says="rank"),
+    post(
+        "too many elements",
+        SEQ,
+        {"instances": [GOOD_ROW] * (MAX_ELEMENTS // 4 + 1)},
+        422,
+        "limit-exceeded",
+        loc=INSTANCES,
+        says="TAPESERVE_MAX_ELEMENTS",
+    ),
+    raw(
+        "a huge body",
+        SEQ,
+        b'{"instances": [' + b"[0.5, 1.5, 2.5, 3.5]," * (MAX_BODY // 20) + b"[0, 0, 0, 0]]}",
+        413,
+        "payload-too-large",
+    ),
+    # shapes and dtypes against the signature
+    post("wrong instance shape", SEQ, {"instances": [[1, 2, 3]]}, 422, "validation", loc=INSTANCES, says="shape [4]"),
+    post("wrong rank", SEQ, {"inputs": GOOD_ROW}, 422, "validation", loc=INPUTS, says="shape [-1, 4]"),
+    post("scalar input", SEQ_V1, {"inputs": 3.0}, 422, "validation", loc=INPUTS, says="float32"),
+    post(
+        "bad b64", SEQ, {"inputs": {"x": {"shape": [1, 4], "b64": "***"}}}, 422, "validation", loc=(*INPUTS, "x", "b64")
+    ),
+    post(
+        "b64 byte count",
+        SEQ,
+        {"inputs": {"x": {"shape": [1, 4], "dtype": "float32", "b64": b64(np.zeros(3, np.float32))}}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", "b64"),
+    ),
+    post(
+        "flat data length",
+        SEQ,
+        {"inputs": {"x": {"shape": [2, 4], "data": GOOD_ROW}}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", "data"),
+    ),
+    post(
+        "unknown input",
+        TWO,
+        {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3]], "c": [1]}},
+        422,
+        "validation",
+        loc=(*INPUTS, "c"),
+    ),
+    post(
+        "missing input", TWO, {"inputs": {"a": [[1, 2]]}}, 422, "validation", loc=(*INPUTS, "b"), says="shape [-1, 3]"
+    ),
+    post("unnamed inputs", TWO, {"inputs": [[1, 2]]}, 422, "validation", loc=INPUTS, says="'a', 'b'"),
+    post("unnamed instances", TWO, {"instances": [[1, 2]]}, 422, "validation", loc=(*INSTANCES, 0)),
+    post(
+        "instance missing an input",
+        TWO,
+        {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, {"a": [1, 2]}]},
+        422,
+        "validation",
+        loc=(*INSTANCES, 1, "b"),
+    ),
+    post(
+        "a bad value in a named instance",
+        TWO,
+        {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, {"a": [1, "x"], "b": [1, 2, 3]}]},
+        422,
+        "validation",
+        loc=(*INSTANCES, 1, "a", 1),
+    ),
+    post(
+        "mixed instances",
+        TWO,
+        {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, [1, 2]]},
+        422,
+        "validation",
+        loc=(*INSTANCES, 1),
+    ),
+    post(
+        "batch sizes that differ",
+        TWO,
+        {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3], [4, 5, 6]]}},
+        422,
+        "validation",
+        loc=INPUTS,
+    ),
+    post(
+        "a fraction for an int64 input",
+        COUNTER,
+        {"inputs": {"x": [[1, 2]], "steps": [1.5]}},
+        422,
+        "validation",
+        loc=(*INPUTS, "steps"),
+        says="int64",
+    ),
+    raw(
+        "beyond int64",
+        COUNTER,
+        b'{"inputs": {"x": [[1, 2]], "steps": [1180591620717411303424]}}',
+        422,
+        "validation",
+        loc=(*INPUTS, "steps"),
+    ),
+    # signatures
+    post(
+        "unknown signature",
+        SEQ,
+        {"signature_name": "nope", "instances": [GOOD_ROW]},
+        422,
+        "validation",
+        loc=("body", "signature_name"),
+        says="serving_default",
+    ),
+    post(
+        "no default signature",
+        "/v1/models/quad:predict",
+        {"instances": [[1, 2]]},
+        422,
+        "validation",
+        loc=("body", "signature_name"),
+        says="score",
+    ),
+    post(
+        "a numeric signature name",
+        SEQ,
+        {"signature_name": 5, "instances": [GOOD_ROW]},
+        422,
+        "validation",
+        loc=("body", "signature_name"),
+    ),
+    post(
+        "a huge signature name",
+        SEQ,
+        {"signature_name": "s" * 300, "instances": [GOOD_ROW]},
+        422,
+        "validation",
+        loc=("body", "signature_name"),
+    ),
+    # models and versions in the path
+    post("unknown model", "/v1/models/nope:predict", {"instances": [GOOD_ROW]}, 404, "model-not-found"),
+    post("unknown version", "/v1/models/seq/versions/7:predict", {"instances": [GOOD_ROW]}, 404, "model-not-found"),
+    post("version 0", "/v1/models/seq/versions/0:predict", {"instances": [GOOD_ROW]}, 404, "model-not-found"),
+    *(
+        post(
+            f"version {raw_version!r}",
+            f"/v1/models/seq/versions/{raw_version}:predict",
+            {"instances": [GOOD_ROW]},
+            422,
+            "validation",
+            loc=("path", "version"),
+        )
+        for raw_version in ("abc", "-1", "1.5", "1e3", "%D9%A3", "9" * 20, "%20")
+    ),
+    get("status of an unknown model", "/v1/models/nope", 404, "model-not-found"),
+    get("status of a bad version", "/v1/models/seq/versions/x1", 422, "validation", loc=("path", "version")),
+    get("status of an unknown version", "/v1/models/seq/versions/2", 404, "model-not-found"),
+    get("metadata of an unknown model", "/v1/models/nope/metadata", 404, "model-not-found"),
+    get("metadata of a bad version", "/v1/models/seq/versions/-2/metadata", 422, "validation", loc=("path", "version")),
+    get("metadata of an unknown version", "/v1/models/seq/versions/3/metadata", 404, "model-not-found"),
+    get("a verb by GET", "/v1/models/seq:predict", 404, "model-not-found"),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("hostile") / "models"
+    root.mkdir()
+    model_repo.save_keras(model_repo.sequential(1), root, "seq", 1)
+    model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
+    model_repo.save_quadratic(root)
+    model_repo.save_counter(root)
+    overrides = {"model_dir": str(root), "model_poll_s": 0, "warmup": False}
+    with make_client(max_elements=MAX_ELEMENTS, max_body_bytes=MAX_BODY, **overrides) as client:
+        wait_ready(client)
+        yield client
+
+
+def _locs(problem: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [tuple(item["loc"]) for item in problem.get("errors") or []]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> None:
+    headers = {} if case.content_type is None else {"content-type": case.content_type}
+    response = hostile.request(case.method, case.path, content=case.body, headers=headers)
+    assert response.status_code == case.status, response.text[:2000]
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == f"https://tapeserve.dev/problems/{case.slug}"
+    assert problem["status"] == case.status
+    assert "Traceback" not in response.text and len(response.content) < 4096
+    if case.status != 413:  # answered before the route, by the body limit
+        assert problem["error"] == problem["detail"]
+    if case.loc is not None:
+        assert any(loc[: len(case.loc)] == case.loc for loc in _locs(problem)), (problem, case.loc)
+    if case.says is not None:
+        assert case.says in problem["detail"], problem["detail"]
+    # and the model still serves
+    answer = hostile.post(SEQ, json={"instances": [GOOD_ROW]})
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 3
+
+
+def test_the_campaign_covers_every_route() -> None:
+    assert len({case.name for case in CASES}) == len(CASES) >= 50
+    shapes = {
+        "/v1/models/{name}:predict",
+        "/v1/models/{name}/versions/{version}:predict",
+        "/v1/models/{name}",
+        "/v1/models/{name}/versions/{version}",
+        "/v1/models/{name}/metadata",
+        "/v1/models/{name}/versions/{version}/metadata",
+    }
+    import re
+
+    covered = set()
+    for case in CASES:
+        path = re.sub(r"/versions/[^/:]+", "/versions/{version}", case.path)
+        covered.add(re.sub(r"^/v1/models/[^/:]+", "/v1/models/{name}", path))
+    assert shapes <= covered, shapes - covered
