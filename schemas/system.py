@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.models import ModelSummary
+
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
@@ -42,4 +44,7 @@ class Info(BaseModel):
     function_cache: FunctionCache
     batching: dict[str, Annotated[float, Field(title="Float")] | Annotated[int, Field(title="Integer")]] = Field(
         description="Micro-batching settings and counters."
+    )
+    models: list[ModelSummary] = Field(
+        default_factory=list, description="The served models (as GET /v1/models lists them)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from schemas.models import ModelSummary
 from schemas.system import FunctionCache, Health, Info, Limits, Readiness
 from schemas.tensors import MAX_RANK
 from service import __version__
@@ -34,7 +35,7 @@ async def readyz(worker: WorkerDep, http_warm: HttpWarmDep, drain: DrainDep, mod
 
 
 @router.get("/v1/info", response_model=Info, summary="Versions, pinned device, visible devices and limits")
-async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
+async def info(worker: WorkerDep, settings: SettingsDep, models: ModelsDep) -> JSONBytesResponse:
     stats = worker.stats
     document = Info(
         version=__version__,
@@ -51,6 +52,10 @@ async def info(worker: WorkerDep, settings: SettingsDep) -> JSONBytesResponse:
             max_fd_elements=settings.max_fd_elements,
         ),
         function_cache=FunctionCache(**worker.engine_stats()["networks"]),
+        models=[
+            ModelSummary(name=name, versions=[str(number) for number in versions], ready=bool(versions))
+            for name, versions in models.listing()
+        ],
         batching={
             "window_ms": settings.batch_window_ms,
             "max_requests": settings.max_batch_requests,

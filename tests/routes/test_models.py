@@ -184,3 +184,9 @@ def test_versions_in_the_path(served: TestClient, repository: pathlib.Path) -> N
     assert unsafe.status_code == 404 and "ReadFile" in unsafe.json()["error"]
     half = served.post("/v1/models/half:predict", json={"instances": [[1.0]]})
     assert half.status_code == 404 and half.json()["error"].endswith("has no available version.")
+
+
+def test_info_lists_the_served_models(served: TestClient) -> None:
+    models = {entry["name"]: entry for entry in served.get("/v1/info").json()["models"]}
+    assert models["seq"] == {"name": "seq", "versions": ["1"], "ready": True}
+    assert models["unsafe"]["ready"] is False
