@@ -273,3 +273,30 @@ class GradientsResponse(BaseModel):
     loss: TensorOut | None = None
     input_gradients: dict[str, TensorOut | None]
     variable_gradients: list[VariableGradient]
+
+
+# ---------------------------------------------------------------------------------------------- :jacobian
+
+
+class JacobianRequest(PredictRequest):
+    """Per-instance Jacobians of an output with respect to an input (the tape's `batch_jacobian`), bounded by
+    TAPESERVE_MAX_ELEMENTS before they are computed."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"instances": [[76.0, 120.0, 37.5]]}]},
+    )
+
+    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    input: str | None = Field(default=None, max_length=256, description="The input; required with several.")
+    class_index: (
+        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+    ) = Field(default=None, description="Only row k of each Jacobian: (batch, *input_shape).")
+    response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
+
+
+class JacobianResponse(BaseModel):
+    model_spec: ModelSpec
+    device: str
+    outputs: dict[str, TensorOut]
+    jacobian: TensorOut = Field(description="(batch, *output_shape, *input_shape), or (batch, *input_shape).")

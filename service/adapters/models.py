@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from schemas.models import GradientsRequest, PredictRequest
+from schemas.models import GradientsRequest, JacobianRequest, PredictRequest
 from service import codec
-from service.compute.models.engine import GradientsJob, Outputs, PredictJob, mergeable
+from service.compute.models.engine import GradientsJob, JacobianJob, Outputs, PredictJob, mergeable
 from service.compute.models.spec import GradientRequest, SignatureInfo, TargetKind, TensorInfo
 from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
 from service.models import Lease, ModelRepository, VersionStatus
@@ -263,7 +263,7 @@ def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- :gradients
 
 
-def _output(body: GradientsRequest, signature: SignatureInfo) -> TensorInfo:
+def _output(body: GradientsRequest | JacobianRequest, signature: SignatureInfo) -> TensorInfo:
     names = list(signature.outputs)
     if body.output is None:
         if len(names) != 1:
@@ -381,3 +381,44 @@ def encode_gradients(lease: Lease, job: GradientsJob, result: Any, device: str, 
         {"name": name, "value": tensor(value)} for name, value in result.variable_gradients
     ]
     return document
+
+
+# ---------------------------------------------------------------------------------------------- :jacobian
+
+
+def _input(body: JacobianRequest, signature: SignatureInfo) -> str:
+    names = list(signature.inputs)
+    if body.input is None:
+        if len(names) != 1:
+            raise ValidationFailed.at(
+                ("body", "input"), f"the signature has inputs {', '.join(map(repr, names))}: name one"
+            )
+        return names[0]
+    if body.input not in signature.inputs:
+        raise ValidationFailed.at(
+            ("body", "input"), f"the signature has no input {body.input!r} (it has: {', '.join(names)})"
+        )
+    return body.input
+
+
+def decode_jacobian(body: JacobianRequest, lease: Lease, max_elements: int) -> JacobianJob:
+    """The engine's job for a `:jacobian` body, checked against the signature (422 naming the field)."""
+    signature = _signature(body, lease)
+    inputs, loc = _inputs(body, signature, max_elements)
+    output = _output(body, signature)
+    source = _input(body, signature)
+    batch = inputs[source].shape[0] if inputs[source].ndim else 1
+    classes = None
+    if body.class_index is not None:
+        classes = _classes(body.class_index, batch, output, ("body", "class_index"), max_elements)
+    return JacobianJob(lease.served, signature.name, inputs, output.name, source, classes, max_elements, tuple(loc))
+
+
+def encode_jacobian(lease: Lease, job: JacobianJob, result: Any, device: str, encoding: Any) -> dict[str, Any]:
+    outputs, found = result
+    return {
+        "model_spec": {"name": lease.name, "version": str(lease.number), "signature_name": job.signature},
+        "device": device,
+        "outputs": {name: codec.encode(value, encoding) for name, value in sorted(outputs.items())},
+        "jacobian": codec.encode(found, encoding),
+    }

@@ -45,6 +45,20 @@ class GradientsJob:
     loc: tuple[str | int, ...] = ("body",)
 
 
+@dataclass(frozen=True, eq=False)
+class JacobianJob:
+    """One `:jacobian` request: d `output` / d input `source` per instance (one class's row with `class_index`)."""
+
+    served: Any
+    signature: str
+    inputs: dict[str, np.ndarray]
+    output: str
+    source: str
+    class_index: np.ndarray | None
+    max_elements: int
+    loc: tuple[str | int, ...] = ("body",)
+
+
 def mergeable(served: Any, signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> int | None:
     """The shared batch size of `inputs` if jobs like this one may run in one call. Only Keras models are
     merged: their built-in layers (the only ones `safe_mode` loads) treat instances independently in inference;
@@ -69,8 +83,8 @@ class ModelsEngine:
 
     def run(self, jobs: Sequence[Any]) -> list[Any]:
         """One result per job; jobs of one merge key run as one call and are split back."""
-        if len(jobs) == 1 and isinstance(jobs[0], GradientsJob):
-            return [self._gradients(jobs[0])]
+        if len(jobs) == 1 and isinstance(jobs[0], GradientsJob | JacobianJob):
+            return [self._derivative(jobs[0])]
         if len(jobs) == 1:
             return [self._call(jobs[0], jobs[0].inputs)]
         first = jobs[0]
@@ -99,12 +113,22 @@ class ModelsEngine:
         return outputs
 
     @staticmethod
-    def _gradients(job: GradientsJob) -> Any:
+    def _derivative(job: GradientsJob | JacobianJob) -> Any:
         import tensorflow as tf  # noqa: PLC0415
 
-        from service.compute.models.verbs import gradients  # noqa: PLC0415  (TensorFlow)
+        from service.compute.models.verbs import gradients, jacobian  # noqa: PLC0415  (TensorFlow)
 
         try:
+            if isinstance(job, JacobianJob):
+                return jacobian(
+                    job.served,
+                    job.signature,
+                    job.inputs,
+                    job.output,
+                    job.source,
+                    class_index=job.class_index,
+                    max_elements=job.max_elements,
+                )
             return gradients(job.served, job.signature, job.inputs, job.request, job.extra)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             raise InvalidInput(f"the model cannot run on these inputs: {_reason(error)}", job.loc) from error
