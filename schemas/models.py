@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SkipValidation, WithJsonSchema, model_validator
 
-from schemas.tensors import TensorIn
+from schemas.tensors import TensorIn, TensorOut
+from service.vocabulary import EncodingName, LossName, ReductionName
 
 SEED_INSTANCE = [76.0, 120.0, 37.5]
 """The seed's patient: heart rate 76 BPM, systolic blood pressure 120 mm Hg, temperature 37.5 °C."""
@@ -206,3 +207,96 @@ class PredictResponse(BaseModel):
     outputs: Predicted | None = Field(
         default=None, description="The batched values of the only output, or an object of output name → values."
     )
+
+
+# ---------------------------------------------------------------------------------------------- :gradients
+
+
+class ModelLoss(BaseModel):
+    """A loss on the chosen output, as §2's: `targets` shaped like the output, or `labels` (a class index per
+    instance, one-hot over the output's last axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: LossName = Field(
+        default="cross_entropy", description="cross_entropy, binary_cross_entropy, mean_squared_error"
+    )
+    labels: TensorIn | None = Field(default=None, description="One class index per instance.")
+    targets: TensorIn | None = Field(default=None, description="A Tensor shaped like the output.")
+    reduction: ReductionName = Field(default="sum", description="Over the instances: sum, mean, or none.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_target(self) -> ModelLoss:
+        if (self.labels is None) == (self.targets is None):
+            raise ValueError("send exactly one of labels or targets")
+        return self
+
+
+class GradientsRequest(PredictRequest):
+    """`tape.gradient(target, sources)` on the served model: the target is built from one output (as is, one
+    class per instance, a cotangent, or a loss), the sources are inputs and/or the trainable variables."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"instances": [[76.0, 120.0, 37.5]], "class_index": 1}]},
+    )
+
+    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    class_index: (
+        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+    ) = Field(default=None, description="The target is output[..., k]: one k, or one per instance.")
+    output_gradients: TensorIn | None = Field(default=None, description="A cotangent shaped like the output.")
+    loss: ModelLoss | None = Field(default=None, description="A loss on the output.")
+    sources: list[str] = Field(
+        default=["inputs"], min_length=1, max_length=1024, description='"inputs", input names, and/or "variables".'
+    )
+    unconnected: Literal["none", "zero"] = Field(default="none", description="Unconnected gradients: null or zeros.")
+    response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GradientsRequest:
+        chosen = [name for name in ("class_index", "output_gradients", "loss") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"send at most one of class_index, output_gradients, loss (got {', '.join(chosen)})")
+        return self
+
+
+class VariableGradient(BaseModel):
+    name: str = Field(description="Keras 3's variable.path (e.g. dense/kernel), or variable.name.")
+    value: TensorOut | None
+
+
+class GradientsResponse(BaseModel):
+    model_spec: ModelSpec
+    device: str
+    outputs: dict[str, TensorOut]
+    loss: TensorOut | None = None
+    input_gradients: dict[str, TensorOut | None]
+    variable_gradients: list[VariableGradient]
+
+
+# ---------------------------------------------------------------------------------------------- :jacobian
+
+
+class JacobianRequest(PredictRequest):
+    """Per-instance Jacobians of an output with respect to an input (the tape's `batch_jacobian`), bounded by
+    TAPESERVE_MAX_ELEMENTS before they are computed."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"instances": [[76.0, 120.0, 37.5]]}]},
+    )
+
+    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    input: str | None = Field(default=None, max_length=256, description="The input; required with several.")
+    class_index: (
+        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+    ) = Field(default=None, description="Only row k of each Jacobian: (batch, *input_shape).")
+    response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
+
+
+class JacobianResponse(BaseModel):
+    model_spec: ModelSpec
+    device: str
+    outputs: dict[str, TensorOut]
+    jacobian: TensorOut = Field(description="(batch, *output_shape, *input_shape), or (batch, *input_shape).")

@@ -95,7 +95,11 @@ class TapeRequest(BaseModel):
         description="TensorFlow-flavoured Python syntax: assignments and expression statements over whitelisted "
         "functions (GET /v1/ops). At most 20,000 characters, 500 statements, nesting depth 50."
     )
-    watch: list[str] = Field(default_factory=list, description="Input names to tape.watch before the program runs.")
+    watch: list[str] = Field(
+        default_factory=list,
+        description="Input names to tape.watch before the program runs; an integer one is watched with "
+        "TensorFlow's warning (in the response's `warnings`).",
+    )
     persistent: bool = Field(default=False, description="A persistent tape answers any number of compute entries.")
     watch_accessed_variables: bool = Field(default=True, description="As tf.GradientTape's argument.")
     compute: list[ComputeEntry] = Field(default_factory=list, max_length=64, description="In order.")
@@ -106,17 +110,45 @@ class TapeRequest(BaseModel):
     response_encoding: ResponseEncoding = Field(default="nested", description="nested or b64 tensors.")
 
 
+TARGET_WARNING = (
+    "The dtype of the target tensor must be floating (e.g. tf.float32) when calling GradientTape.gradient, got tf.int32"
+)
+WATCH_WARNING = "The dtype of the watched tensor must be floating (e.g. tf.float32), got tf.int32"
+
+
 class ComputeResultModel(BaseModel):
     kind: ComputeKind
     target: str
     sources: list[str]
-    values: list[TensorOut | None] = Field(description="One per source (jvp: one); null for unconnected (none).")
+    values: list[TensorOut | None] = Field(
+        description="One per source (jvp: one); null for unconnected (none), and, as TensorFlow answers, for an "
+        "integer (or bool) target or source."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What TensorFlow warns about this entry, in its own words: a target or source whose dtype is "
+        "not floating (its value is then null, as tape.gradient returns None), a jvp source that is not floating "
+        "(ForwardAccumulator's warning), and a jvp target that is not (TensorFlow is silent there; the same "
+        "words name ForwardAccumulator.jvp). Empty when there is nothing to say.",
+        examples=[[TARGET_WARNING]],
+    )
 
 
 class TapeResponse(BaseModel):
+    """`{"device", "values": {name: Tensor}, "results": [{"kind", "target", "sources", "values": [Tensor | null],
+    "warnings": [str]}], "warnings": [str]}`, results in the order of `compute`; `warnings` carry TensorFlow's
+    own words for integer targets, sources and watches."""
+
     device: str = Field(description="The TensorFlow device the program ran on.")
     values: dict[str, TensorOut] = Field(description="The requested outputs.")
     results: list[ComputeResultModel] = Field(description="In the order of compute.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What TensorFlow warns while the program runs, in its own words: watching a tensor whose dtype "
+        "is not floating (the request's `watch` or the program's `<tape>.watch(...)`); it is watched anyway, "
+        "and gradients by it are null. Empty when there is nothing to say.",
+        examples=[[WATCH_WARNING]],
+    )
 
 
 class OpModel(BaseModel):

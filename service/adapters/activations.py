@@ -10,7 +10,8 @@ import numpy as np
 
 from schemas.activations import MAX_GRID_POINTS, ActivationsRequest, Grid
 from service import codec
-from service.compute.activations import CATALOGUE, ActivationCurve, default_grid
+from service.adapters.errors import located
+from service.compute.activation_curves import CATALOGUE, ActivationCurve, check_activations, default_grid
 from service.engines import Call
 from service.errors import LimitExceeded, Loc
 
@@ -27,14 +28,18 @@ def check_points(count: int, max_elements: int, loc: Loc) -> None:
 
 
 def decode_z(body: ActivationsRequest, max_elements: int) -> np.ndarray:
-    """The body's z, or its grid's (the seed's by default), in the body's dtype."""
+    """The body's z, or its grid's (the seed's by default), in the body's dtype; the activations, alpha and
+    dtype checked against it, so that the computation's own checks answer before the job queues."""
     if body.z is not None:
         z = codec.decode(body.z, ("body", "z"), max_elements=max_elements, dtype=body.dtype)
         check_points(z.size, max_elements, ("body", "z"))
-        return z
-    grid = body.grid or Grid()
-    check_points(grid.num, max_elements, ("body", "grid", "num"))
-    return default_grid(grid.start, grid.stop, grid.num).astype(body.dtype)
+    else:
+        grid = body.grid or Grid()
+        check_points(grid.num, max_elements, ("body", "grid", "num"))
+        z = default_grid(grid.start, grid.stop, grid.num).astype(body.dtype)
+    with located():
+        check_activations(body.activations, z, body.alpha, body.dtype)
+    return z
 
 
 def grid(start: float, stop: float, num: int) -> np.ndarray:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
-from service.compute.errors import ComputeError
+from service.compute.errors import located_under
 
 
-@contextmanager
-def located(*prefix: str | int) -> Iterator[None]:
+def located(*prefix: str | int) -> AbstractContextManager[None]:
     """Compute errors raised inside are re-raised with HTTP locations ("body", *prefix, *error.loc)."""
-    try:
-        yield
-    except ComputeError as error:
-        error.loc = ("body", *prefix, *error.loc)
-        raise
+    return located_under("body", *prefix)

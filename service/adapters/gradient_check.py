@@ -11,8 +11,9 @@ from schemas.gradient_check import GradientCheckRequest
 from schemas.networks import NetworkRequest
 from schemas.tape import TapeRequest
 from service import codec
+from service.adapters.errors import located
 from service.adapters.networks import network_problem
-from service.compute.gradcheck import Comparison, GradientCheck, located_under
+from service.compute.gradcheck import CheckOptions, Comparison, GradientCheck, TapeCheck
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
 from service.engines import Call
@@ -71,7 +72,7 @@ def decode_network(body: NetworkRequest, dtype: str, max_elements: int, notes: l
             notes=notes,
         )
 
-    with located_under(*base):
+    with located("network"):
         return network_problem(body, tensor, "float64" if dtype == "float64" else "float32")
 
 
@@ -184,38 +185,43 @@ def decode_claimed(body: GradientCheckRequest, max_elements: int, notes: list[st
 
 def check_job(body: GradientCheckRequest, *, max_elements: int, max_fd_elements: int, deadline: float) -> Call:
     """The gradient-check engine's job: the network's check (batched finite differences on the networks
-    engine) or the tape's (the program re-run per perturbation); both stop at `deadline`."""
+    engine) or the tape's (the program re-run per perturbation); both stop at `deadline`. Its errors are
+    located relative to the check body (place them with `errors.located`)."""
     notes: list[str] = []
-    options: dict[str, Any] = {
-        "claimed": decode_claimed(body, max_elements, notes),
-        "epsilon": body.epsilon,
-        "rtol": body.rtol,
-        "atol": body.atol,
-        "max_fd_elements": max_fd_elements,
-        "stop_at": deadline,
-        "notes": notes,
-    }
+    claimed = decode_claimed(body, max_elements, notes)
     if body.network is not None:
         notes += dtype_note("network", body.network.dtype, body.dtype)
         problem = decode_network(body.network, body.dtype, max_elements, notes)
-        return Call("check_network", {"problem": problem, "sources": body.sources, **options})
+        options = _options(body, claimed, max_fd_elements, deadline, notes)
+        return Call("check_network", {"problem": problem, "sources": body.sources, "options": options})
     if body.tape is not None:
         tape = body.tape
         notes += dtype_note("tape", tape.dtype, body.dtype)
         inputs, gradient = decode_tape(tape, body.dtype, max_elements, notes)
-        return Call(
-            "check_tape",
-            {
-                "inputs": inputs,
-                "program": tape.program,
-                "gradient": gradient,
-                "watch": tape.watch,
-                "persistent": tape.persistent,
-                "watch_accessed_variables": tape.watch_accessed_variables,
-                "float_dtype": body.dtype,
-                "max_elements": max_elements,
-                "body_loc": ("body", "tape"),
-                **options,
-            },
+        run = TapeCheck(
+            inputs=inputs,
+            program=tape.program,
+            gradient=gradient,
+            watch=tape.watch,
+            persistent=tape.persistent,
+            watch_accessed_variables=tape.watch_accessed_variables,
+            float_dtype=body.dtype,
+            max_elements=max_elements,
         )
+        options = _options(body, claimed, max_fd_elements, deadline, notes)
+        return Call("check_tape", {"tape": run, "options": options})
     raise ValidationFailed.at(("body",), "send exactly one of network and tape")  # the schema requires one
+
+
+def _options(
+    body: GradientCheckRequest, claimed: dict[str, Any], max_fd_elements: int, deadline: float, notes: list[str]
+) -> CheckOptions:
+    return CheckOptions(
+        claimed=claimed,
+        epsilon=body.epsilon,
+        rtol=body.rtol,
+        atol=body.atol,
+        max_fd_elements=max_fd_elements,
+        stop_at=deadline,
+        notes=notes,
+    )

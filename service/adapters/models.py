@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from schemas.models import PredictRequest
+from schemas.models import GradientsRequest, JacobianRequest, PredictRequest
 from service import codec
-from service.compute.models.engine import Outputs, PredictJob, mergeable
-from service.compute.models.spec import SignatureInfo, TensorInfo
+from service.compute.models.engine import GradientsJob, JacobianJob, Outputs, PredictJob, mergeable
+from service.compute.models.spec import GradientRequest, SignatureInfo, TargetKind, TensorInfo
 from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
 from service.models import Lease, ModelRepository, VersionStatus
 
@@ -224,15 +224,16 @@ def _columns(signature: SignatureInfo, inputs: Any, max_elements: int) -> dict[s
     return arrays
 
 
+def _inputs(body: PredictRequest, signature: SignatureInfo, max_elements: int) -> tuple[dict[str, np.ndarray], Loc]:
+    if body.instances is not None:
+        return _rows(signature, body.instances, max_elements), ("body", "instances")
+    return _columns(signature, body.inputs, max_elements), ("body", "inputs")
+
+
 def decode_predict(body: PredictRequest, lease: Lease, max_elements: int) -> PredictJob:
     """The engine's job for a predict body, every input checked against the signature (422 naming it)."""
     signature = _signature(body, lease)
-    if body.instances is not None:
-        inputs = _rows(signature, body.instances, max_elements)
-        loc: Loc = ("body", "instances")
-    else:
-        inputs = _columns(signature, body.inputs, max_elements)
-        loc = ("body", "inputs")
+    inputs, loc = _inputs(body, signature, max_elements)
     batch = mergeable(lease.served, signature, inputs)
     return PredictJob(served=lease.served, signature=signature.name, inputs=inputs, batch=batch, loc=tuple(loc))
 
@@ -257,3 +258,167 @@ def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:
         return {"predictions": codec.plain_values(outputs[names[0]])}
     columns = {name: codec.plain_values(outputs[name]) for name in names}
     return {"predictions": [{name: columns[name][index] for name in names} for index in range(count)]}
+
+
+# ---------------------------------------------------------------------------------------------- :gradients
+
+
+def _output(body: GradientsRequest | JacobianRequest, signature: SignatureInfo) -> TensorInfo:
+    names = list(signature.outputs)
+    if body.output is None:
+        if len(names) != 1:
+            raise ValidationFailed.at(
+                ("body", "output"), f"the signature has outputs {', '.join(map(repr, names))}: name one"
+            )
+        return signature.outputs[names[0]]
+    if body.output not in signature.outputs:
+        raise ValidationFailed.at(
+            ("body", "output"), f"the signature has no output {body.output!r} (it has: {', '.join(names)})"
+        )
+    return signature.outputs[body.output]
+
+
+def _sources(body: GradientsRequest, signature: SignatureInfo) -> tuple[tuple[str, ...], bool]:
+    names: list[str] = []
+    variables = False
+    for index, source in enumerate(body.sources):
+        if source == "variables":
+            variables = True
+        elif source == "inputs":
+            names.extend(name for name in signature.inputs if name not in names)
+        elif source in signature.inputs:
+            names.extend([source] if source not in names else [])
+        else:
+            raise ValidationFailed.at(
+                ("body", "sources", index),
+                f'{source!r} is neither "inputs", "variables" nor an input ({", ".join(signature.inputs)})',
+            )
+    return tuple(names), variables
+
+
+def _classes(value: Any, batch: int, output: TensorInfo, loc: Loc, max_elements: int) -> np.ndarray:
+    classes = codec.decode(value, loc, max_elements=max_elements, dtype="int64")
+    if classes.ndim == 0:
+        classes = np.full(batch, classes, dtype=np.int64)
+    if classes.shape != (batch,):
+        raise ValidationFailed.at(
+            loc, f"one class index per instance: expected {batch}, got shape {list(classes.shape)}"
+        )
+    depth = output.shape[-1] if output.shape else None
+    if classes.size and (classes.min() < 0 or (depth is not None and classes.max() >= depth)):
+        raise ValidationFailed.at(loc, f"class indices must lie in [0, {depth}) for output {output.name!r}")
+    return classes.astype(np.int32)
+
+
+def _like_output(value: Any, output: TensorInfo, batch: int, loc: Loc, max_elements: int) -> np.ndarray:
+    """A tensor shaped like the output (its batch size that of the inputs), in the output's dtype."""
+    array = codec.decode(value, loc, max_elements=max_elements, dtype=output.dtype)
+    if output.shape is not None:
+        wanted = [batch, *output.shape[1:]] if output.batched else list(output.shape)
+        fits = len(wanted) == array.ndim and all(w is None or w == s for w, s in zip(wanted, array.shape, strict=True))
+        if not fits:
+            shown = [-1 if size is None else size for size in wanted]
+            raise ValidationFailed.at(
+                loc, f"must be shaped like output {output.name!r}: {shown}; got {list(array.shape)}"
+            )
+    return array
+
+
+def _extra(body: GradientsRequest, output: TensorInfo, batch: int, max_elements: int) -> tuple[TargetKind, Any, Any]:
+    """(the target's kind, the tensor it needs, the loss spec)."""
+    if body.class_index is not None:
+        return "class_index", _classes(body.class_index, batch, output, ("body", "class_index"), max_elements), None
+    if body.output_gradients is not None:
+        gradients = _like_output(body.output_gradients, output, batch, ("body", "output_gradients"), max_elements)
+        return "output_gradients", gradients, None
+    if body.loss is None:
+        return "output", None, None
+    if body.loss.targets is not None:
+        targets = _like_output(body.loss.targets, output, batch, ("body", "loss", "targets"), max_elements)
+        return "loss", targets, body.loss
+    depth = output.shape[-1] if output.shape else None
+    if depth is None:
+        raise ValidationFailed.at(
+            ("body", "loss", "labels"), f"output {output.name!r} has no known class axis: send targets"
+        )
+    classes = _classes(body.loss.labels, batch, output, ("body", "loss", "labels"), max_elements)
+    return "loss", np.eye(depth, dtype=output.dtype)[classes], body.loss
+
+
+def decode_gradients(body: GradientsRequest, lease: Lease, max_elements: int) -> GradientsJob:
+    """The engine's job for a `:gradients` body, checked against the signature (422 naming the field)."""
+    signature = _signature(body, lease)
+    inputs, loc = _inputs(body, signature, max_elements)
+    output = _output(body, signature)
+    sources, variables = _sources(body, signature)
+    batch = next(iter(inputs.values())).shape[0] if inputs and next(iter(inputs.values())).ndim else 1
+    kind, extra, loss = _extra(body, output, batch, max_elements)
+    request = GradientRequest(
+        output=output.name,
+        sources=sources,
+        kind=kind,
+        loss=loss.kind if loss is not None else "cross_entropy",
+        reduction=loss.reduction if loss is not None else "sum",
+        variables=variables,
+        unconnected=body.unconnected,
+    )
+    return GradientsJob(lease.served, signature.name, inputs, request, extra, loc=tuple(loc))
+
+
+def encode_gradients(lease: Lease, job: GradientsJob, result: Any, device: str, encoding: Any) -> dict[str, Any]:
+    def tensor(value: np.ndarray | None) -> dict[str, Any] | None:
+        return None if value is None else codec.encode(value, encoding)
+
+    document: dict[str, Any] = {
+        "model_spec": {"name": lease.name, "version": str(lease.number), "signature_name": job.signature},
+        "device": device,
+        "outputs": {name: tensor(value) for name, value in sorted(result.outputs.items())},
+    }
+    if result.loss is not None:
+        document["loss"] = tensor(result.loss)
+    document["input_gradients"] = {name: tensor(value) for name, value in result.input_gradients.items()}
+    document["variable_gradients"] = [
+        {"name": name, "value": tensor(value)} for name, value in result.variable_gradients
+    ]
+    return document
+
+
+# ---------------------------------------------------------------------------------------------- :jacobian
+
+
+def _input(body: JacobianRequest, signature: SignatureInfo) -> str:
+    names = list(signature.inputs)
+    if body.input is None:
+        if len(names) != 1:
+            raise ValidationFailed.at(
+                ("body", "input"), f"the signature has inputs {', '.join(map(repr, names))}: name one"
+            )
+        return names[0]
+    if body.input not in signature.inputs:
+        raise ValidationFailed.at(
+            ("body", "input"), f"the signature has no input {body.input!r} (it has: {', '.join(names)})"
+        )
+    return body.input
+
+
+def decode_jacobian(body: JacobianRequest, lease: Lease, max_elements: int) -> JacobianJob:
+    """The engine's job for a `:jacobian` body, checked against the signature (422 naming the field)."""
+    signature = _signature(body, lease)
+    inputs, loc = _inputs(body, signature, max_elements)
+    output = _output(body, signature)
+    source = _input(body, signature)
+    batch = inputs[source].shape[0] if inputs[source].ndim else 1
+    classes = None
+    if body.class_index is not None:
+        classes = _classes(body.class_index, batch, output, ("body", "class_index"), max_elements)
+    return JacobianJob(lease.served, signature.name, inputs, output.name, source, classes, max_elements, tuple(loc))
+
+
+def encode_jacobian(lease: Lease, job: JacobianJob, result: Any, device: str, encoding: Any) -> dict[str, Any]:
+    outputs, found = result
+    return {
+        "model_spec": {"name": lease.name, "version": str(lease.number), "signature_name": job.signature},
+        "device": device,
+        "outputs": {name: codec.encode(value, encoding) for name, value in sorted(outputs.items())},
+        "jacobian": codec.encode(found, encoding),
+    }

@@ -9,6 +9,7 @@ import numpy as np
 
 from schemas.networks import NetworkRequest
 from service import codec
+from service.adapters.errors import located
 from service.compute.networks import NetworkProblem, NetworkResult, prepare_network
 from service.vocabulary import FloatDType
 
@@ -31,7 +32,8 @@ def network_problem(
     labels: Any = None,
 ) -> NetworkProblem:
     """A network body's tensors, decoded by `tensor` and checked against each other by the compute layer;
-    `labels`, when given, stands for the body's (read straight into numpy)."""
+    `labels`, when given, stands for the body's (read straight into numpy). Compute errors keep their
+    locations relative to the network body (the caller places them with `errors.located`)."""
     return prepare_network(
         tensor(body.features, "features"),
         labels=body.labels if labels is None else labels,
@@ -59,7 +61,8 @@ def decode_network(
         read = arrays.get(field, value) if isinstance(field, str) else value
         return codec.decode(read, ("body", *loc), max_elements=max_elements, dtype=body.dtype)
 
-    return network_problem(body, tensor, body.dtype, frozenset(body.include), arrays.get("labels"))
+    with located():
+        return network_problem(body, tensor, body.dtype, frozenset(body.include), arrays.get("labels"))
 
 
 def encode_network(result: NetworkResult, device: str, dtype: str, encoding: codec.Encoding) -> dict[str, Any]:

@@ -91,9 +91,11 @@ def encode_run(run: TapeRun, device: str, encoding: codec.Encoding) -> dict[str,
                 "target": result.target,
                 "sources": list(result.sources),
                 "values": [None if value is None else codec.encode(value, encoding) for value in result.values],
+                "warnings": list(result.warnings),
             }
             for result in run.results
         ],
+        "warnings": list(run.warnings),
     }
 
 

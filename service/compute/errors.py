@@ -6,6 +6,9 @@ FastAPI or the service's error module.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 Loc = tuple[str | int, ...]
 
 
@@ -16,6 +19,17 @@ class ComputeError(Exception):
         super().__init__(message)
         self.message = message
         self.loc = loc
+
+
+@contextmanager
+def located_under(*prefix: str | int) -> Iterator[None]:
+    """Compute errors raised inside are re-raised with `prefix` before their location: a computation that
+    passes part of its arguments on (a gradient check's tape run) places the errors found in that part."""
+    try:
+        yield
+    except ComputeError as error:
+        error.loc = (*prefix, *error.loc)
+        raise
 
 
 class InvalidInput(ComputeError):

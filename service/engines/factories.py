@@ -13,9 +13,11 @@ from typing import Any
 from service.compute.activations import evaluate_activations
 from service.compute.explain.engine import ExplainEngine
 from service.compute.explain.plot import plot_attributions
-from service.compute.gradcheck import check_network, check_tape
+from service.compute.gradcheck.network import check_network
+from service.compute.gradcheck.tape import check_tape
 from service.compute.models.engine import ModelsEngine
-from service.compute.networks import NetworkEngine, NetworkProblem
+from service.compute.networks import NetworkProblem
+from service.compute.networks.engine import NetworkEngine
 from service.compute.plots import plot_activations
 from service.compute.program import run_tape
 from service.engines import Call

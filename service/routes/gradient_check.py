@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from schemas.gradient_check import GradientCheckRequest, GradientCheckResponse
 from schemas.problems import PROBLEM_RESPONSES
 from service.adapters import gradient_check as adapt
+from service.adapters.errors import located
 from service.deps import SettingsDep, WorkerDep
 from service.http import JSONBytesResponse, StrictJSONRoute, json_response
 
@@ -28,5 +29,6 @@ async def gradient_check(body: GradientCheckRequest, worker: WorkerDep, settings
     job = adapt.check_job(
         body, max_elements=settings.max_elements, max_fd_elements=settings.max_fd_elements, deadline=deadline
     )
-    result = await worker.run("gradient checks", job, deadline)
+    with located():
+        result = await worker.run("gradient checks", job, deadline)
     return json_response(adapt.encode_check(result, worker.pinned_device, body.response_encoding))

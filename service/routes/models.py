@@ -11,7 +11,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from schemas.models import ModelList, ModelMetadata, ModelStatus, PredictRequest, PredictResponse
+from schemas.models import (
+    GradientsRequest,
+    GradientsResponse,
+    JacobianRequest,
+    JacobianResponse,
+    ModelList,
+    ModelMetadata,
+    ModelStatus,
+    PredictRequest,
+    PredictResponse,
+)
 from schemas.problems import PROBLEM_RESPONSES, problem_responses
 from service.adapters import models as adapt
 from service.deps import ModelsDep, SettingsDep, WorkerDep
@@ -142,3 +152,99 @@ async def predict_version(  # noqa: PLR0917  (FastAPI passes dependencies by key
     request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
 ) -> JSONBytesResponse:
     return await _predict(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+GRADIENTS_BODY = JSONBody(GradientsRequest, undeclared_is_json=True)
+GRADIENTS_DESCRIPTION = (
+    "What `tape.gradient(target, sources)` gives in process on the same model and batch: the target is an "
+    "output (the gradient of its sum), one class per instance (`class_index`), a cotangent "
+    "(`output_gradients`), or a loss; the sources are inputs and/or the trainable variables."
+)
+
+
+async def _gradients(
+    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
+) -> JSONBytesResponse:
+    body = (await GRADIENTS_BODY.read(request)).model
+    number = None if version is None else adapt.parse_version(version)
+    with models.lease(name, number) as lease:
+        job = adapt.decode_gradients(body, lease, max_elements)
+        result = await worker.run("models", job)
+        document = adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding)
+    return json_response(document)
+
+
+@router.post(
+    "/{name}:gradients",
+    response_model=GradientsResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=GRADIENTS_BODY.openapi,
+    summary="Gradients of a model's highest available version",
+    description=GRADIENTS_DESCRIPTION,
+)
+async def gradients(
+    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _gradients(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+@router.post(
+    "/{name}/versions/{version}:gradients",
+    response_model=GradientsResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=GRADIENTS_BODY.openapi,
+    summary="Gradients of one version",
+    description=GRADIENTS_DESCRIPTION,
+)
+async def gradients_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
+    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _gradients(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+JACOBIAN_BODY = JSONBody(JacobianRequest, undeclared_is_json=True)
+JACOBIAN_DESCRIPTION = (
+    "The tape's `batch_jacobian` of an output with respect to an input: (batch, *output_shape, *input_shape), "
+    "or with `class_index` that class's row, (batch, *input_shape); refused (422) before it is computed when "
+    "it would exceed TAPESERVE_MAX_ELEMENTS."
+)
+
+
+async def _jacobian(
+    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
+) -> JSONBytesResponse:
+    body = (await JACOBIAN_BODY.read(request)).model
+    number = None if version is None else adapt.parse_version(version)
+    with models.lease(name, number) as lease:
+        job = adapt.decode_jacobian(body, lease, max_elements)
+        result = await worker.run("models", job)
+        document = adapt.encode_jacobian(lease, job, result, worker.pinned_device, body.response_encoding)
+    return json_response(document)
+
+
+@router.post(
+    "/{name}:jacobian",
+    response_model=JacobianResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=JACOBIAN_BODY.openapi,
+    summary="Per-instance Jacobians of a model's highest available version",
+    description=JACOBIAN_DESCRIPTION,
+)
+async def jacobian(
+    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _jacobian(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
+
+
+@router.post(
+    "/{name}/versions/{version}:jacobian",
+    response_model=JacobianResponse,
+    responses=PREDICT_PROBLEMS,
+    openapi_extra=JACOBIAN_BODY.openapi,
+    summary="Per-instance Jacobians of one version",
+    description=JACOBIAN_DESCRIPTION,
+)
+async def jacobian_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
+    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+) -> JSONBytesResponse:
+    return await _jacobian(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)

@@ -11,16 +11,12 @@ import numpy.typing as npt
 import pytest
 import tensorflow as tf
 
-from service.compute.errors import InvalidInput, LimitExceeded, ProgramError
-from service.compute.gradcheck import (
-    TAPE_FD_MAX_ELEMENTS,
-    check_network,
-    check_tape,
-    compare,
-    located_under,
-    verdict_band,
-)
-from service.compute.networks import NetworkEngine, NetworkProblem, prepare_network
+from service.compute.errors import InvalidInput, LimitExceeded, ProgramError, located_under
+from service.compute.gradcheck import TAPE_FD_MAX_ELEMENTS, CheckOptions, TapeCheck, compare, verdict_band
+from service.compute.gradcheck.network import check_network
+from service.compute.gradcheck.tape import check_tape
+from service.compute.networks import NetworkProblem, prepare_network
+from service.compute.networks.engine import NetworkEngine
 from service.compute.program import ComputeRequest, TapeInput
 
 Array = npt.NDArray[np.float64]
@@ -215,50 +211,53 @@ def test_claims_are_compared_with_autodiff(engine: NetworkEngine) -> None:
     correct = np.outer(a - [0.0, 1.0], X_B)
     wrong = correct.copy()
     wrong[1, 2] += 0.5
-    result = check_network(seed_problem(), engine=engine, sources=["W1"], claimed={"W1": wrong})
+    result = check_network(seed_problem(), engine=engine, sources=["W1"], options=CheckOptions(claimed={"W1": wrong}))
     (check,) = result.checks
     assert check.claimed_comparison is not None and check.claimed is not None
     assert check.claimed_comparison.worst_index == [1, 2]
     np.testing.assert_allclose(check.claimed_comparison.max_abs_error, 0.5, rtol=1e-9)
     assert not check.claimed_comparison.passed and check.comparison.passed
     assert not result.passed
-    good = check_network(seed_problem(), engine=engine, sources=["W1"], claimed={"W1": correct})
+    good = check_network(seed_problem(), engine=engine, sources=["W1"], options=CheckOptions(claimed={"W1": correct}))
     assert good.passed and good.checks[0].claimed_comparison is not None
 
 
 def test_bad_sources_and_claims_name_the_field(engine: NetworkEngine) -> None:
     with pytest.raises(InvalidInput, match="unknown source 'W2'") as error:
         check_network(seed_problem(), engine=engine, sources=["W1", "W2"])
-    assert error.value.loc == ("body", "sources", 1)
+    assert error.value.loc == ("sources", 1)
     with pytest.raises(InvalidInput, match=r"shape \[2\], the source has \[2, 4\]") as error:
-        check_network(seed_problem(), engine=engine, claimed={"W1": np.zeros(2)})
-    assert error.value.loc == ("body", "claimed", "W1")
+        check_network(seed_problem(), engine=engine, options=CheckOptions(claimed={"W1": np.zeros(2)}))
+    assert error.value.loc == ("claimed", "W1")
     with pytest.raises(InvalidInput, match="unknown source 'features'") as error:
-        check_network(seed_problem(), engine=engine, sources=["W1"], claimed={"features": np.zeros(3)})
-    assert error.value.loc == ("body", "claimed", "features")
+        check_network(
+            seed_problem(), engine=engine, sources=["W1"], options=CheckOptions(claimed={"features": np.zeros(3)})
+        )
+    assert error.value.loc == ("claimed", "features")
 
 
 def test_finite_difference_cap(engine: NetworkEngine) -> None:
     with pytest.raises(LimitExceeded, match=r"perturb 11 elements .* cap of 10") as error:
-        check_network(seed_problem(), engine=engine, max_fd_elements=10)
-    assert error.value.loc == ("body", "sources")
-    assert check_network(seed_problem(), engine=engine, sources=["W1"], max_fd_elements=8).perturbed_elements == 8
+        check_network(seed_problem(), engine=engine, options=CheckOptions(max_fd_elements=10))
+    assert error.value.loc == ("sources",)
+    few = check_network(seed_problem(), engine=engine, sources=["W1"], options=CheckOptions(max_fd_elements=8))
+    assert few.perturbed_elements == 8
 
 
 def test_epsilon_below_float32_spacing_is_rejected(engine: NetworkEngine) -> None:
     with pytest.raises(InvalidInput, match=r"vanishes against features\[0\] = 76 in float32") as error:
-        check_network(seed_problem("float32"), engine=engine, epsilon=1e-6)
-    assert error.value.loc == ("body", "epsilon")
+        check_network(seed_problem("float32"), engine=engine, options=CheckOptions(epsilon=1e-6))
+    assert error.value.loc == ("epsilon",)
 
 
 def test_float32_check_with_a_coarser_epsilon(engine: NetworkEngine) -> None:
-    result = check_network(seed_problem("float32"), engine=engine, epsilon=1e-3)
+    result = check_network(seed_problem("float32"), engine=engine, options=CheckOptions(epsilon=1e-3))
     a = softmax(WEIGHTS @ X_B)
     assert result.dtype == "float32" and result.checks[0].numerical.dtype == np.float32
     # ε·x_B moves z by up to 0.12: the truncation error of central differences is about 1e-3 relative here
     np.testing.assert_allclose(result.checks[0].numerical, np.outer(a - [0.0, 1.0], X_B), rtol=3e-3)
     assert not any("float32 finite differences" in note for note in result.notes)
-    noisy = check_network(seed_problem("float32"), engine=engine, sources=["W1"], epsilon=1e-5)
+    noisy = check_network(seed_problem("float32"), engine=engine, sources=["W1"], options=CheckOptions(epsilon=1e-5))
     assert any("float32 finite differences" in note for note in noisy.notes)
 
 
@@ -293,7 +292,9 @@ def seed_inputs(**overrides: TapeInput) -> dict[str, TapeInput]:
 
 
 def test_seed_program_check(engine: NetworkEngine) -> None:
-    result = check_tape(seed_inputs(), SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("W",)))
+    result = check_tape(
+        TapeCheck(inputs=seed_inputs(), program=SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("W",)))
+    )
     a = softmax(WEIGHTS @ X_B)
     (check,) = result.checks
     np.testing.assert_allclose(check.autodiff, np.outer(a - [0.0, 1.0], X_B), rtol=1e-12)
@@ -302,14 +303,23 @@ def test_seed_program_check(engine: NetworkEngine) -> None:
 
 
 def test_unwatched_constant_source_is_reported(engine: NetworkEngine) -> None:
-    result = check_tape(seed_inputs(), SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("W", "x")))
+    result = check_tape(
+        TapeCheck(inputs=seed_inputs(), program=SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("W", "x")))
+    )
     x_check = result.checks[1]
     np.testing.assert_array_equal(x_check.autodiff, np.zeros(3))
     a = softmax(WEIGHTS @ X_B)
     np.testing.assert_allclose(x_check.numerical, (a - [0.0, 1.0]) @ WEIGHTS[:, :3], rtol=1e-6)
     assert not result.passed
     assert any("returned None for 'x'" in note for note in result.notes)
-    watched = check_tape(seed_inputs(), SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("W", "x")), watch=["x"])
+    watched = check_tape(
+        TapeCheck(
+            inputs=seed_inputs(),
+            program=SEED_PROGRAM,
+            gradient=ComputeRequest("gradient", "L", ("W", "x")),
+            watch=["x"],
+        )
+    )
     assert watched.passed
 
 
@@ -319,7 +329,13 @@ def test_non_scalar_target_with_output_gradients() -> None:
     gradient = ComputeRequest("gradient", "s", ("u", "v"), output_gradients=weights)
     u, v = np.array([0.3, 1.2, -0.7]), np.array([1.5, -0.5, 2.0])
     result = check_tape(
-        {"u": TapeInput(u), "v": TapeInput(v)}, program, gradient=gradient, watch=["u", "v"], persistent=False
+        TapeCheck(
+            inputs={"u": TapeInput(u), "v": TapeInput(v)},
+            program=program,
+            gradient=gradient,
+            watch=["u", "v"],
+            persistent=False,
+        )
     )
     np.testing.assert_allclose(result.checks[0].numerical, weights * np.cos(u) * v, rtol=1e-8)
     np.testing.assert_allclose(result.checks[1].numerical, weights * np.sin(u), rtol=1e-8)
@@ -329,40 +345,45 @@ def test_non_scalar_target_with_output_gradients() -> None:
 def test_tape_errors_point_into_the_tape_body() -> None:
     gradient = ComputeRequest("gradient", "L", ("z",))
     with pytest.raises(InvalidInput, match="'z' is not an input") as error:
-        check_tape(seed_inputs(), SEED_PROGRAM, gradient=gradient, body_loc=("body", "tape"))
-    assert error.value.loc == ("body", "tape", "compute", 0, "sources", 0)
+        check_tape(TapeCheck(inputs=seed_inputs(), program=SEED_PROGRAM, gradient=gradient))
+    assert error.value.loc == ("tape", "compute", 0, "sources", 0)
     with pytest.raises(ProgramError) as program_error:
         check_tape(
-            seed_inputs(),
-            "L = tf.undefined(W)",
-            gradient=ComputeRequest("gradient", "L", ("W",)),
-            body_loc=("body", "tape"),
+            TapeCheck(
+                inputs=seed_inputs(), program="L = tf.undefined(W)", gradient=ComputeRequest("gradient", "L", ("W",))
+            )
         )
-    assert program_error.value.loc[:3] == ("body", "tape", "program")
+    assert program_error.value.loc[:2] == ("tape", "program")
     with pytest.raises(InvalidInput, match="only float inputs") as error:
-        check_tape(seed_inputs(), SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("y",)))
-    assert error.value.loc == ("body", "compute", 0, "sources", 0)
+        check_tape(
+            TapeCheck(inputs=seed_inputs(), program=SEED_PROGRAM, gradient=ComputeRequest("gradient", "L", ("y",)))
+        )
+    assert error.value.loc == ("tape", "compute", 0, "sources", 0)
 
 
 def test_tape_cap_is_lower_than_the_network_cap() -> None:
     big = TapeInput(np.ones(TAPE_FD_MAX_ELEMENTS + 1))
     program = "L = tf.reduce_sum(b * b)"
     with pytest.raises(LimitExceeded, match=f"cap of {TAPE_FD_MAX_ELEMENTS:,} for a tape program"):
-        check_tape({"b": big}, program, gradient=ComputeRequest("gradient", "L", ("b",)), watch=["b"])
+        check_tape(
+            TapeCheck(inputs={"b": big}, program=program, gradient=ComputeRequest("gradient", "L", ("b",)), watch=["b"])
+        )
     with pytest.raises(LimitExceeded, match=r"cap of 5 \(TAPESERVE_MAX_FD_ELEMENTS\)"):
         check_tape(
-            {"b": TapeInput(np.ones(6))},
-            program,
-            gradient=ComputeRequest("gradient", "L", ("b",)),
-            watch=["b"],
-            max_fd_elements=5,
+            TapeCheck(
+                inputs={"b": TapeInput(np.ones(6))},
+                program=program,
+                gradient=ComputeRequest("gradient", "L", ("b",)),
+                watch=["b"],
+            ),
+            CheckOptions(max_fd_elements=5),
         )
 
 
-def test_located_under_re_roots_only_body_locations() -> None:
-    with pytest.raises(InvalidInput) as error, located_under("body", "network"):
-        raise InvalidInput("bad", ("body", "layers", 0, "weights"))
-    assert error.value.loc == ("body", "network", "layers", 0, "weights")
-    with pytest.raises(InvalidInput) as error, located_under("body", "network"):
-        raise InvalidInput("bad", ("query", "num"))
-    assert error.value.loc == ("query", "num")
+def test_located_under_places_compute_locations_under_a_prefix() -> None:
+    with pytest.raises(InvalidInput) as error, located_under("tape"):
+        raise InvalidInput("bad", ("program", "line 1", "col 0"))
+    assert error.value.loc == ("tape", "program", "line 1", "col 0")
+    with pytest.raises(InvalidInput) as error, located_under("network"):
+        raise InvalidInput("bad", ())
+    assert error.value.loc == ("network",)

@@ -15,13 +15,13 @@ from service.compute.networks import (
     INCLUDES,
     FloatDType,
     Loss,
-    NetworkEngine,
     NetworkProblem,
     NetworkResult,
     Reduction,
     prepare_network,
     seed_problem,
 )
+from service.compute.networks.engine import NetworkEngine
 
 Array = npt.NDArray[Any]
 
@@ -480,21 +480,6 @@ def test_merged_requests_equal_each_request_alone_bit_for_bit(activation: str) -
                 np.testing.assert_array_equal(a, b, err_msg=f"{activation} {loss} {dtype}")
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_direct_op_call_equals_the_concrete_function_call(jit_compile: bool, dtype: FloatDType) -> None:
-    engine = NetworkEngine(jit_compile=jit_compile)
-    problem = seed_problem(includes=INCLUDES, dtype=dtype)
-    engine.run([problem])
-    compiled = engine._compiled(problem.spec)
-    assert compiled._call != compiled._concrete_call  # the fast path is in use with this TensorFlow
-    packed = np.random.default_rng(3).normal(size=(2, compiled.input_size)).astype(dtype)
-    direct, plain = compiled._call(packed), compiled._concrete_call(packed)
-    assert direct.dtype == plain.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(direct, plain)
-    assert engine.stats()["traces"] == 1
-
-
 def test_one_trace_serves_any_number_of_requests() -> None:
     engine = NetworkEngine()
     engine.run([seed_problem()])
@@ -557,116 +542,116 @@ def two_layer_request(**changes: Any) -> dict[str, Any]:
 
 
 INVALID: list[tuple[str, dict[str, Any], tuple[str | int, ...], list[str]]] = [
-    ("scalar features", seed_request(features=np.array(3.0)), ("body", "features"), ["rank 0"]),
-    ("rank-3 features", seed_request(features=np.ones((1, 1, 3))), ("body", "features"), ["rank 3"]),
-    ("no features", seed_request(features=np.ones((1, 0))), ("body", "features"), ["at least one feature"]),
-    ("no samples", seed_request(features=np.ones((0, 3)), labels=[]), ("body", "features"), ["no samples"]),
-    ("text features", seed_request(features=np.array(["a", "b"])), ("body", "features"), ["numbers"]),
-    ("NaN feature", seed_request(features=np.array([1.0, np.nan, 2.0])), ("body", "features", 1), ["finite"]),
+    ("scalar features", seed_request(features=np.array(3.0)), ("features",), ["rank 0"]),
+    ("rank-3 features", seed_request(features=np.ones((1, 1, 3))), ("features",), ["rank 3"]),
+    ("no features", seed_request(features=np.ones((1, 0))), ("features",), ["at least one feature"]),
+    ("no samples", seed_request(features=np.ones((0, 3)), labels=[]), ("features",), ["no samples"]),
+    ("text features", seed_request(features=np.array(["a", "b"])), ("features",), ["numbers"]),
+    ("NaN feature", seed_request(features=np.array([1.0, np.nan, 2.0])), ("features", 1), ["finite"]),
     (
         "float32 overflow",
         seed_request(features=np.array([[1.0, 2.0, 3.0], [4.0, 1e39, 5.0]]), labels=[0, 1]),
-        ("body", "features", 1, 1),
+        ("features", 1, 1),
         ["overflows float32", "float64"],
     ),
-    ("no layers", seed_request(weights=[], activations=[]), ("body", "layers"), ["at least one layer"]),
-    ("vector weights", seed_request(weights=[np.ones(4)]), ("body", "layers", 0, "weights"), ["matrix", "rank 1"]),
-    ("no units", seed_request(weights=[np.ones((0, 4))]), ("body", "layers", 0, "weights"), ["at least one unit"]),
+    ("no layers", seed_request(weights=[], activations=[]), ("layers",), ["at least one layer"]),
+    ("vector weights", seed_request(weights=[np.ones(4)]), ("layers", 0, "weights"), ["matrix", "rank 1"]),
+    ("no units", seed_request(weights=[np.ones((0, 4))]), ("layers", 0, "weights"), ["at least one unit"]),
     (
         "first layer columns",
         seed_request(weights=[np.ones((2, 3))]),
-        ("body", "layers", 0, "weights"),
+        ("layers", 0, "weights"),
         ["layer 1 expects 3 inputs", "3 features", "+ 1 bias column = 4 columns, got 3"],
     ),
     (
         "second layer columns",
         two_layer_request(features=np.ones((2, 2)), weights=[np.ones((3, 3)), np.ones((2, 5))]),
-        ("body", "layers", 1, "weights"),
+        ("layers", 1, "weights"),
         ["layer 2 expects 3 inputs", "3 units of layer 1", "+ 1 bias column = 4 columns, got 5"],
     ),
     (
         "bias none columns",
         seed_request(bias="none"),
-        ("body", "layers", 0, "weights"),
+        ("layers", 0, "weights"),
         ["layer 1 expects 3 inputs", "= 3 columns", "bias none", "got 4"],
     ),
     (
         "infinite weight",
         seed_request(weights=[np.array([[0.1, 0.2, 0.3, 0.4], [0.5, np.inf, 0.7, 0.8]])]),
-        ("body", "layers", 0, "weights", 1, 1),
+        ("layers", 0, "weights", 1, 1),
         ["finite"],
     ),
     (
         "unknown activation",
         two_layer_request(activations=["tanh", "softmaxx"]),
-        ("body", "layers", 1, "activation"),
+        ("layers", 1, "activation"),
         ["'softmaxx'", "layer 2", "leaky_relu"],
     ),
     (
         "alpha on softmax",
         seed_request(alphas=[0.1]),
-        ("body", "layers", 0, "alpha"),
+        ("layers", 0, "alpha"),
         ["leaky_relu only", "softmax"],
     ),
     (
         "infinite alpha",
         seed_request(activations=["leaky_relu"], alphas=[float("inf")], targets=np.zeros(2), labels=None),
-        ("body", "layers", 0, "alpha"),
+        ("layers", 0, "alpha"),
         ["finite"],
     ),
-    ("labels and targets", seed_request(targets=SEED_Y), ("body",), ["exactly one of labels", "targets"]),
-    ("neither labels nor targets", seed_request(labels=None), ("body",), ["exactly one of labels", "targets"]),
+    ("labels and targets", seed_request(targets=SEED_Y), (), ["exactly one of labels", "targets"]),
+    ("neither labels nor targets", seed_request(labels=None), (), ["exactly one of labels", "targets"]),
     (
         "one-hot row as labels",
         seed_request(labels=[0, 1]),
-        ("body", "labels"),
+        ("labels",),
         ["2 labels for 1 sample", "one class index per sample", "use targets"],
     ),
     (
         "one label for a batch",
         two_layer_request(labels=1),
-        ("body", "labels"),
+        ("labels",),
         ["1 label for 2 samples", "use targets"],
     ),
     (
         "one-hot rows as nested labels",
         two_layer_request(labels=[[1, 0], [0, 1]]),
-        ("body", "labels"),
+        ("labels",),
         ["int or a list of ints", "use targets"],
     ),
-    ("class out of range", two_layer_request(labels=[0, 2]), ("body", "labels", 1), ["label 2", "0 to 1"]),
-    ("negative class", seed_request(labels=-1), ("body", "labels"), ["label -1"]),
-    ("fractional label", two_layer_request(labels=[0, 0.5]), ("body", "labels", 1), ["whole numbers"]),
-    ("boolean label", seed_request(labels=True), ("body", "labels"), ["boolean"]),
+    ("class out of range", two_layer_request(labels=[0, 2]), ("labels", 1), ["label 2", "0 to 1"]),
+    ("negative class", seed_request(labels=-1), ("labels",), ["label -1"]),
+    ("fractional label", two_layer_request(labels=[0, 0.5]), ("labels", 1), ["whole numbers"]),
+    ("boolean label", seed_request(labels=True), ("labels",), ["boolean"]),
     (
         "one-unit label",
         seed_request(weights=[np.ones((1, 4))], activations=["sigmoid"], labels=2),
-        ("body", "labels"),
+        ("labels",),
         ["1 unit", "0 or 1"],
     ),
     (
         "targets shape",
         seed_request(labels=None, targets=np.array([[0.0, 1.0]])),
-        ("body", "targets"),
+        ("targets",),
         ["predictions' shape (2,)", "got (1, 2)"],
     ),
     (
         "class indices as targets",
         two_layer_request(labels=None, targets=np.array([0, 1])),
-        ("body", "targets"),
+        ("targets",),
         ["(2, 2)", "use labels"],
     ),
     (
         "NaN target",
         seed_request(labels=None, targets=np.array([np.nan, 1.0])),
-        ("body", "targets", 0),
+        ("targets", 0),
         ["finite"],
     ),
-    ("dtype", seed_request(dtype="float16"), ("body", "dtype"), ["'float16'", "float32"]),
-    ("bias", seed_request(bias="prepended"), ("body", "bias"), ["'prepended'", "augmented"]),
-    ("loss", seed_request(loss="hinge"), ("body", "loss"), ["'hinge'", "cross_entropy"]),
-    ("reduction", seed_request(reduction="max"), ("body", "reduction"), ["'max'", "mean"]),
-    ("include", seed_request(includes=["hessians"]), ("body", "include"), ["'hessians'", "jacobians"]),
+    ("dtype", seed_request(dtype="float16"), ("dtype",), ["'float16'", "float32"]),
+    ("bias", seed_request(bias="prepended"), ("bias",), ["'prepended'", "augmented"]),
+    ("loss", seed_request(loss="hinge"), ("loss",), ["'hinge'", "cross_entropy"]),
+    ("reduction", seed_request(reduction="max"), ("reduction",), ["'max'", "mean"]),
+    ("include", seed_request(includes=["hessians"]), ("include",), ["'hessians'", "jacobians"]),
 ]
 
 

@@ -120,11 +120,16 @@ def test_b64_inputs_and_outputs(client: TestClient) -> None:
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(tensor["b64"]), dtype="<f4"), [2.0, 4.0, 6.0])
 
 
-def test_integer_source_is_explained(client: TestClient) -> None:
+def test_integer_source_is_null_with_tensorflows_warning(client: TestClient) -> None:
+    # issue 15: as tape.gradient answers an integer source, None and its log line, not a 422
     body = copy.deepcopy(SEED_TAPE_REQUEST)
     body["compute"] = [{"kind": "gradient", "target": "L", "sources": ["y"]}]
-    document = problem(client, body, "tape-semantics")
-    assert "float" in document["detail"] and document["compute_index"] == 0
+    result = post(client, body)["results"][0]
+    assert result["values"] == [None]
+    assert result["warnings"] == [
+        "The dtype of the source tensor must be floating (e.g. tf.float32) when calling GradientTape.gradient, "
+        "got tf.int32"
+    ]
 
 
 def test_tensorflow_error_names_the_line(client: TestClient) -> None:
@@ -179,3 +184,63 @@ def test_ops_lists_tensorflow_names(client: TestClient) -> None:
     ):
         assert tf_name in by_name[name]["tf_names"], name
     assert "tf.float64" in document["constants"]
+
+
+def test_integer_target_and_watch_answer_as_tensorflow_over_http(client: TestClient) -> None:
+    body = {
+        "inputs": {"x": {"value": [1.0, 2.0]}, "i": {"value": [1, 2], "dtype": "int32"}},
+        "program": "k = i * 2\nm = tf.stop_gradient(tf.argmax(x))\ny = tf.reduce_sum(x * x)",
+        "watch": ["x", "i"],
+        "persistent": True,
+        "compute": [
+            {"kind": "gradient", "target": "k", "sources": ["x"]},
+            {"kind": "gradient", "target": "m", "sources": ["x"]},
+            {"kind": "gradient", "target": "y", "sources": ["x"]},
+        ],
+    }
+    document = post(client, body)
+    assert document["warnings"] == ["The dtype of the watched tensor must be floating (e.g. tf.float32), got tf.int32"]
+    target = (
+        "The dtype of the target tensor must be floating (e.g. tf.float32) when calling GradientTape.gradient, got "
+    )
+    assert [r["values"] for r in document["results"][:2]] == [[None], [None]]
+    assert [r["warnings"] for r in document["results"]] == [[target + "tf.int32"], [target + "tf.int64"], []]
+    np.testing.assert_allclose(values(document["results"][2]["values"][0]), [2.0, 4.0])
+
+
+def test_openapi_documents_the_warnings(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    found = {
+        name: schema["properties"]["warnings"]
+        for name, schema in schemas.items()
+        if "warnings" in schema.get("properties", {}) and name.startswith(("ComputeResult", "TapeResponse"))
+    }
+    assert len(found) == 2, sorted(schemas)
+    for field in found.values():
+        assert field["type"] == "array" and field["items"]["type"] == "string"
+        assert "TensorFlow" in field["description"] and "must be floating" in field["examples"][0][0]
+
+
+def test_ops_lists_the_functions_of_tensorflows_gradient_tests(client: TestClient) -> None:
+    ops = {op["name"]: op for op in client.get("/v1/ops").json()["ops"]}
+    for name, tf_name in [
+        ("reduce_euclidean_norm", "tf.math.reduce_euclidean_norm"),
+        ("xlog1py", "tf.math.xlog1py"),
+        ("embedding_lookup", "tf.nn.embedding_lookup"),
+        ("unsorted_segment_mean", "tf.math.unsorted_segment_mean"),
+        ("nextafter", "tf.math.nextafter"),
+        ("depthwise_conv2d", "tf.nn.depthwise_conv2d"),
+        ("avg_pool2d", "tf.nn.avg_pool2d"),
+        ("sigmoid_cross_entropy_with_logits", "tf.nn.sigmoid_cross_entropy_with_logits"),
+        ("split", "tf.split"),
+        ("tensordot", "tf.tensordot"),
+        ("add_n", "tf.math.add_n"),
+        ("l2_loss", "tf.nn.l2_loss"),
+        ("floormod", "tf.math.floormod"),
+        ("divide_no_nan", "tf.math.divide_no_nan"),
+        ("multiply_no_nan", "tf.math.multiply_no_nan"),
+    ]:
+        assert tf_name in ops[name]["tf_names"], name
+    assert ops["conv2d"]["signature"] == "conv2d(input, filters, strides, padding, data_format='NHWC', dilations=None)"
+    assert "0.009999999776482582" in ops["leaky_relu"]["summary"]
+    assert "tf.maximum" in ops["leaky_relu"]["summary"]

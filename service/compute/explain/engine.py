@@ -20,7 +20,7 @@ import tensorflow as tf
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation, NetworkStructure
-from service.compute.networks import _activate
+from service.compute.networks.graph import activate
 
 
 @dataclass
@@ -49,7 +49,7 @@ def network_forward(structure: NetworkStructure, weights: Sequence[Any], leaky_a
         for i, (w, activation) in enumerate(zip(weights, structure.activations, strict=True)):
             x_b = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1) if structure.bias == "augmented" else x
             z = tf.linalg.matmul(x_b, w, transpose_b=True)
-            x = _activate(activation, z, leaky_alphas[:, i][:, None, None])
+            x = activate(activation, z, leaky_alphas[:, i][:, None, None])
         return x
 
     return forward

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from service.compute.errors import ComputeError
 from service.compute.explain.prepare import (
     ExplainOptions,
     NetworkExplanation,
@@ -17,17 +15,6 @@ from service.compute.explain.prepare import (
     evaluation,
 )
 from service.compute.networks import SEED_FEATURES, SEED_WEIGHTS, prepare_network
-
-
-@contextmanager
-def _relative_locations() -> Iterator[None]:
-    """The network checks name locations under "body"; explanations name them relative to their arguments."""
-    try:
-        yield
-    except ComputeError as error:
-        if error.loc[:1] == ("body",):
-            error.loc = error.loc[1:]
-        raise
 
 
 def prepare_network_explanation(
@@ -47,17 +34,16 @@ def prepare_network_explanation(
     """Check a network and what to explain of it; raises InvalidInput / LimitExceeded with relative locations."""
     options = options or ExplainOptions()
     raw = np.asarray(features)
-    with _relative_locations():
-        # validated exactly as /v1/networks/gradients validates a network; the labels it needs go unused
-        network = prepare_network(
-            raw,
-            labels=[0] * raw.shape[0] if raw.ndim == 2 else 0,
-            weights=weights,
-            activations=activations,
-            alphas=alphas,
-            bias=bias,  # type: ignore[arg-type]
-            dtype=dtype,  # type: ignore[arg-type]
-        )
+    # validated exactly as /v1/networks/gradients validates a network; the labels it needs go unused
+    network = prepare_network(
+        raw,
+        labels=[0] * raw.shape[0] if raw.ndim == 2 else 0,
+        weights=weights,
+        activations=activations,
+        alphas=alphas,
+        bias=bias,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
+    )
     spec = network.spec
     structure = NetworkStructure(spec.layer_shapes, spec.activations, spec.bias, spec.dtype)
     evaluated = evaluation(options, dtype)

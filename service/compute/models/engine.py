@@ -32,6 +32,33 @@ class PredictJob:
     """Where a failure of the model on these inputs is reported."""
 
 
+@dataclass(frozen=True, eq=False)
+class GradientsJob:
+    """One `:gradients` request: `request` (see `verbs.GradientRequest`) on `inputs`; `extra` is the class
+    index per instance, the cotangent, or the loss's targets, as the request's kind needs."""
+
+    served: Any
+    signature: str
+    inputs: dict[str, np.ndarray]
+    request: Any
+    extra: np.ndarray | None
+    loc: tuple[str | int, ...] = ("body",)
+
+
+@dataclass(frozen=True, eq=False)
+class JacobianJob:
+    """One `:jacobian` request: d `output` / d input `source` per instance (one class's row with `class_index`)."""
+
+    served: Any
+    signature: str
+    inputs: dict[str, np.ndarray]
+    output: str
+    source: str
+    class_index: np.ndarray | None
+    max_elements: int
+    loc: tuple[str | int, ...] = ("body",)
+
+
 def mergeable(served: Any, signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> int | None:
     """The shared batch size of `inputs` if jobs like this one may run in one call. Only Keras models are
     merged: their built-in layers (the only ones `safe_mode` loads) treat instances independently in inference;
@@ -48,14 +75,16 @@ def mergeable(served: Any, signature: SignatureInfo, inputs: dict[str, np.ndarra
 class ModelsEngine:
     """The worker's `Engine` protocol for served models: `merge_key` and `run`."""
 
-    def merge_key(self, job: PredictJob) -> Hashable | None:
-        if job.batch is None:
+    def merge_key(self, job: PredictJob | GradientsJob) -> Hashable | None:
+        if not isinstance(job, PredictJob) or job.batch is None:
             return None
         shapes = tuple((name, value.dtype.str, value.shape[1:]) for name, value in sorted(job.inputs.items()))
         return ("models", "predict", id(job.served), job.signature, shapes)
 
-    def run(self, jobs: Sequence[PredictJob]) -> list[Outputs]:
+    def run(self, jobs: Sequence[Any]) -> list[Any]:
         """One result per job; jobs of one merge key run as one call and are split back."""
+        if len(jobs) == 1 and isinstance(jobs[0], GradientsJob | JacobianJob):
+            return [self._derivative(jobs[0])]
         if len(jobs) == 1:
             return [self._call(jobs[0], jobs[0].inputs)]
         first = jobs[0]
@@ -82,6 +111,27 @@ class ModelsEngine:
             # shapes the signature allows but the model's own ops refuse (e.g. batch sizes that differ)
             raise InvalidInput(f"the model cannot run on these inputs: {_reason(error)}", job.loc) from error
         return outputs
+
+    @staticmethod
+    def _derivative(job: GradientsJob | JacobianJob) -> Any:
+        import tensorflow as tf  # noqa: PLC0415
+
+        from service.compute.models.verbs import gradients, jacobian  # noqa: PLC0415  (TensorFlow)
+
+        try:
+            if isinstance(job, JacobianJob):
+                return jacobian(
+                    job.served,
+                    job.signature,
+                    job.inputs,
+                    job.output,
+                    job.source,
+                    class_index=job.class_index,
+                    max_elements=job.max_elements,
+                )
+            return gradients(job.served, job.signature, job.inputs, job.request, job.extra)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+            raise InvalidInput(f"the model cannot run on these inputs: {_reason(error)}", job.loc) from error
 
 
 _NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "[Op:", "Stack trace", "<", "Traceback")

@@ -6,6 +6,7 @@ Nothing here imports TensorFlow, so the repository and the adapters can import i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 SERVED_DTYPES = ("float32", "float64", "int32", "int64")
 """Input dtypes a served signature may have (the JSON tensors of API.md §1)."""
@@ -165,3 +166,21 @@ class SignatureInfo:
     @property
     def batched(self) -> bool:
         return all(info.batched for info in self.inputs.values())
+
+
+Loss = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
+Reduction = Literal["sum", "mean", "none"]
+TargetKind = Literal["output", "class_index", "output_gradients", "loss"]
+
+
+@dataclass(frozen=True)
+class GradientRequest:
+    """What to differentiate (`kind` on `output`) with respect to what (`sources` inputs, `variables`)."""
+
+    output: str
+    sources: tuple[str, ...]
+    kind: TargetKind = "output"
+    loss: Loss = "cross_entropy"
+    reduction: Reduction = "sum"
+    variables: bool = False
+    unconnected: Literal["none", "zero"] = "none"

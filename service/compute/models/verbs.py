@@ -6,31 +6,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from service.compute.errors import InvalidInput, LimitExceeded
 from service.compute.models.loading import ServedModel
-from service.compute.models.spec import FLOAT_DTYPES
+from service.compute.models.spec import FLOAT_DTYPES, GradientRequest, Loss, Reduction
 
-Loss = Literal["cross_entropy", "binary_cross_entropy", "mean_squared_error"]
-Reduction = Literal["sum", "mean", "none"]
-TargetKind = Literal["output", "class_index", "output_gradients", "loss"]
-
-
-@dataclass(frozen=True)
-class GradientRequest:
-    """What to differentiate (`kind` on `output`) with respect to what (`sources` inputs, `variables`)."""
-
-    output: str
-    sources: tuple[str, ...]
-    kind: TargetKind = "output"
-    loss: Loss = "cross_entropy"
-    reduction: Reduction = "sum"
-    variables: bool = False
-    unconnected: Literal["none", "zero"] = "none"
+__all__ = ["GradientRequest", "GradientResult", "gradients", "jacobian"]
 
 
 @dataclass

@@ -9,8 +9,10 @@ Where things live:
   ProgramError naming line and column) and `evaluate` / `execute` / `bind` (one run), in
   `expressions`, `calls` or `statements`; then one entry in `language.TAPE_LANGUAGE`. Node types the
   table does not list are refused.
-* An op: one keyword-built `OpSpec` entry in `ops_maths` or `ops_tensors`, with a size rule from
-  `sizes` (write one there if none fits). `GET /v1/ops` lists the table as it stands.
+* An op: one keyword-built `OpSpec` entry in `ops_maths`, `ops_tensors` or `ops_nn`, with a size rule
+  from `sizes` (or `windows`, for convolutions and pools; write one if none fits). A parameter taking
+  TensorFlow's attribute strings (`padding="SAME"`) lists them as `choices`: strings are values nowhere
+  else. `GET /v1/ops` lists the table as it stands.
 * Limits: `limits`. Values and shape arithmetic: `values`. The tape and compute entries: `runner`.
 
 Language notes (what `GET /v1/ops` and the README document):
@@ -23,11 +25,17 @@ Language notes (what `GET /v1/ops` and the README document):
   With `float_dtype="float64"`, float64 also replaces float32 wherever TensorFlow would pick float32
   by default: Python floats that meet no float tensor, and tf.ones / zeros / eye / one_hot.
 * Calls by plain name always mean the function: a variable named `exp` does not hide `exp(...)`.
-* `tf.nn.leaky_relu`'s alpha defaults to 0.2, TensorFlow's own default (the seed's LReLU uses 0.01).
+* `tf.nn.leaky_relu`'s alpha defaults to 0.2, TensorFlow's own default (the seed's LReLU uses 0.01), and is
+  TensorFlow's float32 attribute (in float64, 0.01 acts as 0.009999999776482582, as in-process).
+* Functions returning lists (`tf.split`, `tf.unstack`) give a list the program unpacks or subscripts.
+* An integer (or bool) target or source answers as `tape.gradient` does (None, or what TensorFlow
+  computes), with TensorFlow's log line as a warning; watching one is TensorFlow's warning (`dtype_warnings`).
+* Gradients TensorFlow keeps as IndexedSlices (gather, embedding_lookup; a segment sum's jvp) come back dense.
 
 Limits, all checked before TensorFlow allocates: every intermediate ≤ max_elements (creating,
-tiling, one-hot, broadcasting, concatenating, gathering and matmul ops are sized from their
-arguments); a matmul ≤ WORK_FACTOR × max_elements multiply-adds; all tensors of one run together
+tiling, one-hot, broadcasting, concatenating, gathering, lookup, segment, window and contraction ops
+are sized from their arguments); a matmul, tensordot, convolution or pool ≤ WORK_FACTOR × max_elements
+multiply-adds; a list-returning op ≤ MAX_LIST_LEAVES tensors; all tensors of one run together
 ≤ TOTAL_FACTOR × max_elements (the tape keeps them alive), and all its element reads, writes and
 multiply-adds ≤ TOTAL_WORK_FACTOR × max_elements.
 

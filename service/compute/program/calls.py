@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from service.compute.program.checker import Checker, Expression, Position, dotted, is_dunder
-from service.compute.program.expressions import unavailable
+from service.compute.program.expressions import Constant, unavailable
 from service.compute.program.ops import OPS_BY_NAME, OPS_BY_TF_NAME
-from service.compute.program.opspec import REQUIRED, OpSpec
+from service.compute.program.opspec import REQUIRED, OpSpec, Param
 from service.compute.program.values import PyList, ValueProblem, describe, is_tensor, to_tensorflow
 
 if TYPE_CHECKING:
@@ -61,10 +61,11 @@ def check_call(node: ast.Call, checker: Checker) -> Expression:
 
 def _positional(node: ast.Call, checker: Checker, op: OpSpec) -> tuple[Expression, ...]:
     arguments = []
-    for argument in node.args:
+    for position, argument in enumerate(node.args):
         if isinstance(argument, ast.Starred):
             raise checker.error(argument, "starred arguments (*args) are not allowed in a tape program")
-        arguments.append(checker.expression(argument))
+        param = op.positional[position] if position < len(op.positional) else None
+        arguments.append(_argument(checker, op, param, argument))
     if len(node.args) > len(op.positional):
         raise checker.error(
             node, f"{op.name}() takes at most {len(op.positional)} positional arguments ({len(node.args)} given)"
@@ -72,8 +73,20 @@ def _positional(node: ast.Call, checker: Checker, op: OpSpec) -> tuple[Expressio
     return tuple(arguments)
 
 
+def _argument(checker: Checker, op: OpSpec, param: Param | None, node: ast.expr) -> Expression:
+    """An argument's checked expression; a string literal only where its parameter lists it as a choice."""
+    if param is not None and param.choices and isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if node.value not in param.choices:
+            raise checker.error(
+                node,
+                f"{op.name}(): {param.name} must be one of {', '.join(map(repr, param.choices))}, not {node.value!r}",
+            )
+        return Constant(node.value)
+    return checker.expression(node)
+
+
 def _keywords(node: ast.Call, checker: Checker, op: OpSpec) -> tuple[tuple[str, Expression], ...]:
-    names = {p.name for p in op.params}
+    names = {p.name: p for p in op.params}
     given = {p.name for p in op.positional[: len(node.args)]}
     keywords = []
     for keyword in node.keywords:
@@ -84,7 +97,7 @@ def _keywords(node: ast.Call, checker: Checker, op: OpSpec) -> tuple[tuple[str, 
         if keyword.arg in given:
             raise checker.error(keyword, f"{op.name}() got multiple values for argument '{keyword.arg}'")
         given.add(keyword.arg)
-        keywords.append((keyword.arg, checker.expression(keyword.value)))
+        keywords.append((keyword.arg, _argument(checker, op, names[keyword.arg], keyword.value)))
     missing = [p.name for p in op.params if p.default is REQUIRED and p.name not in given]
     if missing:
         raise checker.error(node, f"{op.name}() is missing required argument '{missing[0]}'")
@@ -109,7 +122,7 @@ class OpCall(Expression):
         op = self.op
         positional = [argument.evaluate(run) for argument in self.positional]
         keywords = {name: argument.evaluate(run) for name, argument in self.keywords}
-        with run.at(self.at):
+        with run.at(self.at, op.name):
             bound = op.bind(positional, keywords)
             _default_float(run, op, bound)
             view = op.with_defaults(bound)

@@ -300,6 +300,8 @@ class Subscript(Expression):
                 return run.record(value[self.key])
             if isinstance(value, PyList):
                 if isinstance(self.key, int):
+                    if not -len(value.items) <= self.key < len(value.items):
+                        raise ValueProblem(f"index {self.key} is out of range for a list of {len(value.items)}")
                     return value.items[self.key]
                 if isinstance(self.key, slice):
                     return make_list(value.items[self.key], is_tuple=value.is_tuple, max_elements=run.max_elements)

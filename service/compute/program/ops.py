@@ -1,7 +1,7 @@
 """The whole op table and its lookups: by plain name, by TensorFlow name, and the dtypes a program may name.
 
 Only functions listed here are ever called; every one is pure tensor maths (no files, network,
-Python callbacks, sessions, randomness or state). Add a function to `ops_maths` or `ops_tensors`.
+Python callbacks, sessions, randomness or state). Add a function to `ops_maths`, `ops_tensors` or `ops_nn`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from service.compute.program.ops_maths import MATHS
+from service.compute.program.ops_nn import NN
 from service.compute.program.ops_tensors import TENSORS
 from service.compute.program.opspec import OpSpec
 
-OPS: tuple[OpSpec, ...] = (*MATHS, *TENSORS)
+OPS: tuple[OpSpec, ...] = (*MATHS, *TENSORS, *NN)
 
 OPS_BY_NAME: dict[str, OpSpec] = {alias: op for op in OPS for alias in (op.name, *op.aliases)}
 OPS_BY_TF_NAME: dict[str, OpSpec] = {tf_name: op for op in OPS for tf_name in op.tf_names}

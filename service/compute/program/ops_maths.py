@@ -94,7 +94,9 @@ MATHS: tuple[OpSpec, ...] = (
         name="leaky_relu",
         fn=tf.nn.leaky_relu,
         tf_names=("tf.nn.leaky_relu",),
-        summary="features if > 0 else alpha·features; alpha defaults to 0.2 as in TensorFlow (the seed uses 0.01).",
+        summary="features if > 0 else alpha·features; alpha defaults to 0.2 as in TensorFlow (the seed uses 0.01). "
+        "TensorFlow keeps alpha as a float32 attribute, so in float64 alpha=0.01 acts as 0.009999999776482582, "
+        "as it does in-process; tf.maximum(0.01 * features, features) is exact (as /v1/activations computes it).",
         extra=params(alpha=0.2),
     ),
     activation(name="elu", fn=tf.nn.elu, tf_names=("tf.nn.elu",), summary="Exponential linear unit."),
@@ -181,6 +183,47 @@ MATHS: tuple[OpSpec, ...] = (
         fn=tf.math.squared_difference,
         tf_names=("tf.math.squared_difference",),
         summary="(x - y)².",
+    ),
+    binary(
+        name="floormod",
+        fn=tf.math.floormod,
+        tf_names=("tf.math.floormod", "tf.math.mod"),
+        summary="x - floor(x / y) · y: the remainder with y's sign.",
+    ),
+    binary(
+        name="divide_no_nan",
+        fn=tf.math.divide_no_nan,
+        tf_names=("tf.math.divide_no_nan",),
+        summary="x / y, and 0 where y is 0.",
+    ),
+    binary(
+        name="multiply_no_nan",
+        fn=tf.math.multiply_no_nan,
+        tf_names=("tf.math.multiply_no_nan",),
+        summary="x · y, and 0 where y is 0 (even if x is NaN or infinite).",
+    ),
+    binary(name="xlogy", fn=tf.math.xlogy, tf_names=("tf.math.xlogy",), summary="x · log(y), and 0 where x is 0."),
+    binary(
+        name="xlog1py", fn=tf.math.xlog1py, tf_names=("tf.math.xlog1py",), summary="x · log(1 + y), and 0 where x is 0."
+    ),
+    binary(name="xdivy", fn=tf.math.xdivy, tf_names=("tf.math.xdivy",), summary="x / y, and 0 where x is 0."),
+    OpSpec(
+        name="nextafter",
+        fn=tf.math.nextafter,
+        tf_names=("tf.math.nextafter",),
+        params=params("x1", "x2"),
+        summary="The next representable value after x1 towards x2 (float32 or float64); its gradient is 1 by x1.",
+        size=sizes.broadcast("x1", "x2"),
+        data=("x1", "x2"),
+    ),
+    OpSpec(
+        name="add_n",
+        fn=tf.math.add_n,
+        tf_names=("tf.add_n", "tf.math.add_n"),
+        params=params("inputs"),
+        summary="The sum of a list of tensors of one shape and dtype.",
+        size=sizes.list_largest,
+        data=("inputs",),
     ),
     binary(name="equal", fn=tf.math.equal, tf_names=("tf.equal", "tf.math.equal"), summary="x == y as a bool tensor."),
     binary(
@@ -283,6 +326,12 @@ MATHS: tuple[OpSpec, ...] = (
         fn=tf.math.reduce_logsumexp,
         tf_names=("tf.reduce_logsumexp", "tf.math.reduce_logsumexp"),
         summary="log(sum(exp(x))) over axis, computed stably.",
+    ),
+    reduction(
+        name="reduce_euclidean_norm",
+        fn=tf.math.reduce_euclidean_norm,
+        tf_names=("tf.math.reduce_euclidean_norm",),
+        summary="sqrt(Σ x²) over axis.",
     ),
     OpSpec(
         name="argmax",

@@ -34,6 +34,16 @@ TENSORS: tuple[OpSpec, ...] = (
         work=sizes.matvec_work,
     ),
     OpSpec(
+        name="tensordot",
+        fn=tf.tensordot,
+        tf_names=("tf.tensordot", "tf.linalg.tensordot"),
+        params=params("a", "b", "axes"),
+        summary="Contract the last axes of a with the first of b (axes: a count), or the listed [a_axes, b_axes].",
+        size=sizes.tensordot,
+        data=("a", "b"),
+        work=sizes.tensordot_work,
+    ),
+    OpSpec(
         name="trace",
         fn=tf.linalg.trace,
         tf_names=("tf.linalg.trace",),
@@ -104,7 +114,17 @@ TENSORS: tuple[OpSpec, ...] = (
         tf_names=("tf.unstack",),
         params=params("value", num=None, axis=0),
         summary="Split a tensor into a list along axis.",
-        size=sizes.no_growth,
+        size=sizes.unstack,
+        data=("value",),
+    ),
+    OpSpec(
+        name="split",
+        fn=tf.split,
+        tf_names=("tf.split",),
+        params=params("value", "num_or_size_splits", axis=0, num=None),
+        summary="A list of pieces along axis: num_or_size_splits equal ones, or pieces of the listed sizes "
+        "(one may be -1). Unpack it (a, b = tf.split(x, 2)) or subscript it.",
+        size=sizes.split,
         data=("value",),
     ),
     OpSpec(

@@ -6,6 +6,7 @@ interpreter binds them, asks `size` (and `work`) before calling `fn`, and calls 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ class Param:
     name: str
     default: Any = REQUIRED
     keyword_only: bool = False
+    choices: tuple[str, ...] = ()
+    """The strings a program may write for this parameter (`padding="SAME"`); strings are values nowhere else."""
 
 
 def params(*required: str, **optional: Any) -> tuple[Param, ...]:
@@ -41,6 +44,14 @@ def params(*required: str, **optional: Any) -> tuple[Param, ...]:
     return tuple(Param(name=name) for name in required) + tuple(
         Param(name=name, default=default) for name, default in optional.items()
     )
+
+
+def with_choices(parameters: tuple[Param, ...], **choices: tuple[str, ...]) -> tuple[Param, ...]:
+    """`parameters` with the string literals each named one accepts (TensorFlow's attribute values)."""
+    unknown = set(choices) - {p.name for p in parameters}
+    if unknown:
+        raise ValueError(f"no such parameters: {sorted(unknown)}")
+    return tuple(dataclasses.replace(p, choices=choices.get(p.name, p.choices)) for p in parameters)
 
 
 def keyword_only(**optional: Any) -> tuple[Param, ...]:

@@ -48,14 +48,19 @@ class ComputeResult:
     target: str
     sources: tuple[str, ...]
     values: list[np.ndarray[Any, Any] | None]
-    """gradient/jacobian: one per source (None when unconnected and unconnected="none");
-    batch_jacobian: one; hessian: the diagonal block per source; jvp: one, target-shaped."""
+    """gradient/jacobian: one per source (None when unconnected and unconnected="none", or when the
+    target or source is not a float tensor); batch_jacobian: one; hessian: the diagonal block per
+    source; jvp: one, target-shaped."""
+    warnings: tuple[str, ...] = ()
+    """TensorFlow's warnings for a non-float target or source, in its words (see `dtype_warnings`)."""
 
 
 @dataclass
 class TapeRun:
     values: dict[str, np.ndarray[Any, Any]]
     results: list[ComputeResult]
+    warnings: tuple[str, ...] = ()
+    """TensorFlow's warnings for watching a non-float tensor (the request's `watch` or the program's)."""
 
 
 def check_inputs(inputs: Mapping[str, TapeInput], max_elements: int) -> None:
@@ -86,10 +91,6 @@ def check_watch(watch: Sequence[str], inputs: Mapping[str, TapeInput]) -> list[s
             raise InvalidInput(
                 f"watch: {name!r} is not an input (use <tape>.watch(...) in the program for tensors it creates)",
                 ("watch", index),
-            )
-        if np.asarray(inputs[name].value).dtype.kind != "f":
-            raise InvalidInput(
-                f"watch: {name!r} is an integer input; only float tensors can be watched", ("watch", index)
             )
     return list(watch)
 

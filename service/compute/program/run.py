@@ -54,11 +54,17 @@ class Run:
         """Elements of the largest tensor so far (bounds a jacobian's vectorised backward pass)."""
         self.total = sum(sizes)
         self.work = 0
+        self.warnings: list[str] = []
+        """TensorFlow's warnings during the run (watching a non-float tensor), in order."""
 
     def execute(self, statements: Sequence[Statement]) -> Run:
         for statement in statements:
             statement.execute(self)
         return self
+
+    def warn(self, warning: str | None) -> None:
+        if warning is not None and warning not in self.warnings:
+            self.warnings.append(warning)
 
     # names
 
@@ -77,18 +83,20 @@ class Run:
     # errors carry the line and column of the node that failed
 
     @contextlib.contextmanager
-    def at(self, where: Position) -> Iterator[None]:
-        """Problems raised inside become ProgramErrors at `where` (TensorFlow's message, first line)."""
+    def at(self, where: Position, function: str | None = None) -> Iterator[None]:
+        """Problems raised inside become ProgramErrors at `where` (TensorFlow's message, first line),
+        led by the `function` called there."""
+        lead = "" if function is None else f"{function}(): "
         try:
             yield
         except ComputeError:
             raise
         except SizeProblem as problem:
-            raise ProgramLimitExceeded(str(problem), *where) from None
+            raise ProgramLimitExceeded(lead + str(problem), *where) from None
         except ValueProblem as problem:
-            raise ProgramError(str(problem), *where) from None
+            raise ProgramError(lead + str(problem), *where) from None
         except Exception as error:  # TensorFlow's errors on user data: InvalidArgument, ValueError, ...
-            raise ProgramError(tensorflow_message(error), *where) from error
+            raise ProgramError(lead + tensorflow_message(error), *where) from error
 
     # size accounting
 

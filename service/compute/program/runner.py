@@ -25,6 +25,7 @@ from service.compute.errors import (
     NonPersistentTapeError,
     TapeSemanticsError,
 )
+from service.compute.program.dtype_warnings import WATCHED_TENSOR, dtype_warning, dtype_warnings
 from service.compute.program.limits import DEFAULT_MAX_ELEMENTS, TOTAL_FACTOR
 from service.compute.program.parse import ParsedProgram, parse_program
 from service.compute.program.requests import (
@@ -164,10 +165,6 @@ class TapeRunner:
             raise TapeSemanticsError(
                 f"{role} {name!r} is {describe(value)}, not a tensor; make it one with tf.constant(...)", index
             )
-        if not value.dtype.is_floating:
-            raise TapeSemanticsError(
-                f"only float tensors are differentiable: {role} {name!r} is {value.dtype.name}", index
-            )
         return value
 
     def check_size(self, index: int, count: int, what: str, *, vectorised: int = 0, peak: int = 1) -> None:
@@ -222,7 +219,8 @@ class TapeRunner:
             )
         else:
             values = [self._jvp(index, request, sources, unconnected)]
-        return ComputeResult(request.kind, request.target, tuple(request.sources), values)
+        warnings = tuple(dtype_warnings(request.kind, target, sources))
+        return ComputeResult(request.kind, request.target, tuple(request.sources), values, warnings)
 
     def _gradient(
         self, index: int, request: ComputeRequest, *, tape: Any, target: Any, sources: list[Any], unconnected: Any
@@ -296,28 +294,43 @@ class TapeRunner:
                 blocks.append(_to_numpy(block))
         return blocks
 
-    def _jvp(
-        self, index: int, request: ComputeRequest, sources: list[Any], unconnected: Any
-    ) -> np.ndarray[Any, Any] | None:
-        tangents = []
+    def _tangents(self, index: int, request: ComputeRequest, sources: list[Any]) -> list[Any]:
+        """One tangent per source, as the source's dtype; None for a non-float source (TensorFlow warns
+        and its jvp is None)."""
+        tangents: list[Any] = []
         given_tangents = request.tangents or ()
         for position, (name, source, given) in enumerate(zip(request.sources, sources, given_tangents, strict=True)):
+            if not source.dtype.is_floating:
+                tangents.append(None)
+                continue
             tangent = np.asarray(given)
+            where = ("compute", index, "tangents", position)
             if tangent.shape != tensor_shape(source):
                 raise TapeSemanticsError(
                     f"the tangent for {name!r} has shape {list(tangent.shape)}, the source has "
                     f"{list(tensor_shape(source))}",
                     index,
-                    ("compute", index, "tangents", position),
+                    where,
                 )
-            where = ("compute", index, "tangents", position)
             tangents.append(_given_as(tangent, source.dtype, index, where, f"the tangent for {name!r}"))
-        # a source the program assigns starts its accumulator when its last assignment runs
+        return tangents
+
+    def _jvp(
+        self, index: int, request: ComputeRequest, sources: list[Any], unconnected: Any
+    ) -> np.ndarray[Any, Any] | None:
+        tangents = self._tangents(index, request, sources)
+        # a source the program assigns starts its accumulator when its last assignment runs; the inputs
+        # share one accumulator (a name listed twice has its tangents summed), as TensorFlow code would
         pending = {
             position: (name, self.parsed.last_assignment[name])
             for position, name in enumerate(request.sources)
-            if name in self.parsed.last_assignment
+            if name in self.parsed.last_assignment and tangents[position] is not None
         }
+        from_inputs: dict[str, Any] = {}
+        for position, name in enumerate(request.sources):
+            if position not in pending and tangents[position] is not None:
+                known = from_inputs.get(name)
+                from_inputs[name] = tangents[position] if known is None else known + tangents[position]
         with contextlib.ExitStack() as stack:
             accumulators = []
 
@@ -325,9 +338,8 @@ class TapeRunner:
                 with _tape_errors(index):
                     accumulators.append(stack.enter_context(tf.autodiff.ForwardAccumulator(primal, tangent)))
 
-            for position, name in enumerate(request.sources):
-                if position not in pending:
-                    start(self.inputs[name], tangents[position])
+            if from_inputs:
+                start([self.inputs[name] for name in from_inputs], list(from_inputs.values()))
 
             def on_assign(name: str, statement: int, value: Any) -> None:
                 for position, (source, last) in list(pending.items()):
@@ -339,7 +351,8 @@ class TapeRunner:
         final_target = rerun.env[request.target]
         with _tape_errors(index):
             products = [a.jvp(final_target, unconnected_gradients=unconnected) for a in accumulators]
-        present = [p for p in products if p is not None]
+        # TensorFlow's jvp of some ops (segment_sum, ...) is IndexedSlices, made dense here as for gradients
+        present = [tf.convert_to_tensor(p) for p in products if p is not None]
         if not present:
             return None
         return _to_numpy(tf.add_n(present) if len(present) > 1 else present[0])
@@ -386,4 +399,6 @@ def run_tape(
         main = runner.run((tape,))
     values = _collect_outputs(main.env, parsed, outputs, dtype)
     results = [runner.answer(index, request, tape, main) for index, request in enumerate(compute)]
-    return TapeRun(values, results)
+    watched = [dtype_warning(WATCHED_TENSOR, tensors[name]) for name in watch_names]
+    warnings = [warning for warning in watched if warning is not None] + main.warnings
+    return TapeRun(values, results, tuple(dict.fromkeys(warnings)))

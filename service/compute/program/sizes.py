@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from service.compute.program.limits import MAX_LIST_LEAVES
 from service.compute.program.opspec import Args, SizeRule
 from service.compute.program.values import (
     PyList,
@@ -17,12 +18,15 @@ from service.compute.program.values import (
     ValueProblem,
     broadcast_shape,
     element_count,
+    is_tensor,
     product,
     shape_of,
     static_bool,
     static_int,
+    static_int_array,
     static_int_vector,
     static_number,
+    tensor_shape,
 )
 
 
@@ -164,3 +168,111 @@ def matvec_work(args: Args) -> int:
 def matmul_operator_args(left: Any, right: Any) -> dict[str, Any]:
     """The arguments `a @ b` passes to tf.matmul, for the size and work rules."""
     return {"a": left, "b": right, "transpose_a": False, "transpose_b": False, "adjoint_a": False, "adjoint_b": False}
+
+
+# --- lists of tensors, contractions, lookups and segments ------------------------------------------
+
+
+def pieces(count: int, what: str) -> None:
+    """A function returning a list of `count` tensors: TensorFlow builds them all before the list exists."""
+    if count > MAX_LIST_LEAVES:
+        raise SizeProblem(f"{what} would make {count:,} tensors, above {MAX_LIST_LEAVES:,}")
+
+
+def unstack(args: Args) -> None:
+    shape = shape_of(args["value"], "value")
+    if args["num"] is not None:
+        pieces(static_int(args["num"], "num"), "unstack")
+    axis = static_int(args["axis"], "axis")
+    if -len(shape) <= axis < len(shape):
+        pieces(shape[axis], "unstack")
+
+
+def split(args: Args) -> None:
+    splits = args["num_or_size_splits"]
+    if isinstance(splits, PyList) or (is_tensor(splits) and len(tensor_shape(splits)) == 1):
+        count = len(splits.items) if isinstance(splits, PyList) else tensor_shape(splits)[0]
+    else:
+        count = static_int(splits, "num_or_size_splits")
+        if count < 1:
+            raise ValueProblem(f"num_or_size_splits must be at least 1, not {count}")
+    pieces(count, "split")
+
+
+def list_largest(args: Args) -> int | None:
+    """add_n: as large as the largest of its inputs."""
+    values = args["inputs"]
+    if isinstance(values, PyList):
+        return max((element_count(item) for item in values.items), default=0)
+    return element_count(values)
+
+
+def _tensordot_axes(args: Args, rank_a: int, rank_b: int) -> tuple[list[int], list[int]]:
+    axes = args["axes"]
+    if isinstance(axes, PyList) and len(axes.items) == 2:
+        pair = [static_int_vector(side, "axes") for side in axes.items]
+        if len(pair[0]) != len(pair[1]):
+            raise ValueProblem(f"axes: {len(pair[0])} axes of a against {len(pair[1])} of b")
+        return (
+            [axis + rank_a if axis < 0 else axis for axis in pair[0]],
+            [axis + rank_b if axis < 0 else axis for axis in pair[1]],
+        )
+    count = static_int(axes, "axes")
+    if not 0 <= count <= min(rank_a, rank_b):
+        raise ValueProblem(f"axes must be between 0 and {min(rank_a, rank_b)} (the smaller rank), not {count}")
+    return list(range(rank_a - count, rank_a)), list(range(count))
+
+
+def tensordot_dims(args: Args) -> tuple[int, int, int]:
+    """(free elements of a, free elements of b, contracted elements) of tf.tensordot."""
+    a, b = shape_of(args["a"], "a"), shape_of(args["b"], "b")
+    axes_a, axes_b = _tensordot_axes(args, len(a), len(b))
+    for axes, shape, side in ((axes_a, a, "a"), (axes_b, b, "b")):
+        if any(not 0 <= axis < len(shape) for axis in axes) or len(set(axes)) != len(axes):
+            raise ValueProblem(f"axes: {side} has rank {len(shape)}; its axes must be distinct and within it")
+    free_a = product(d for i, d in enumerate(a) if i not in axes_a)
+    free_b = product(d for i, d in enumerate(b) if i not in axes_b)
+    return free_a, free_b, product(a[i] for i in axes_a)
+
+
+def tensordot(args: Args) -> int:
+    free_a, free_b, _ = tensordot_dims(args)
+    return free_a * free_b
+
+
+def tensordot_work(args: Args) -> int:
+    free_a, free_b, contracted = tensordot_dims(args)
+    return free_a * free_b * contracted
+
+
+def embedding_lookup(args: Args) -> int:
+    params = args["params"]
+    shards = params.items if isinstance(params, PyList) and params.has_tensor else (params,)
+    first = shape_of(shards[0], "params") if shards else ()
+    if not first:
+        raise ValueProblem("params must be a tensor of rank 1 or more (or a list of such shards)")
+    return element_count(args["ids"]) * product(first[1:])
+
+
+def _segment_rows(data: Shape, ids: Shape) -> int:
+    """Elements of one output row: data's shape after segment_ids' (which must lead it)."""
+    if data[: len(ids)] != ids:
+        raise ValueProblem(f"data.shape = {list(data)} does not start with segment_ids.shape = {list(ids)}")
+    return product(data[len(ids) :])
+
+
+def segments(args: Args) -> int:
+    """segment_*: one row per id up to the largest (the ids are sorted), each of data's trailing shape."""
+    data = shape_of(args["data"], "data")
+    ids = static_int_array(args["segment_ids"], "segment_ids")
+    row = _segment_rows(data, tuple(ids.shape))
+    return (int(ids.max()) + 1 if ids.size else 0) * row
+
+
+def unsorted_segments(args: Args) -> int:
+    data = shape_of(args["data"], "data")
+    row = _segment_rows(data, shape_of(args["segment_ids"], "segment_ids"))
+    count = static_int(args["num_segments"], "num_segments")
+    if count < 0:
+        raise ValueProblem(f"num_segments must be non-negative, not {count}")
+    return count * row

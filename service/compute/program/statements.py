@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from service.compute.errors import ProgramError
-from service.compute.program.calls import flatten, is_float_tensor
+from service.compute.program.calls import flatten
 from service.compute.program.checker import Checker, Expression, Position, Statement, Target
+from service.compute.program.dtype_warnings import WATCHED_TENSOR, dtype_warning
 from service.compute.program.expressions import Operator, arithmetic, binary_operator
-from service.compute.program.values import PyList, ValueProblem, describe, is_tensor, tensor_shape
+from service.compute.program.values import PyList, ValueProblem, describe, element_count, is_tensor, tensor_shape
 
 if TYPE_CHECKING:
     from service.compute.program.run import Run
@@ -145,7 +146,8 @@ class Print(Statement):
 
 @dataclass(frozen=True, slots=True)
 class Watch(Statement):
-    """`<tape>.watch(t, ...)`: every tape of the run watches the float tensors the program made."""
+    """`<tape>.watch(t, ...)`: every tape of the run watches the tensors the program made; a non-float one
+    with TensorFlow's warning, as `tf.GradientTape.watch` gives it."""
 
     tape: str
     arguments: tuple[tuple[Expression, Position], ...]
@@ -168,10 +170,11 @@ class Watch(Statement):
             value = argument.evaluate(run)
             with run.at(at):
                 tensors = list(flatten(value))
-                if not tensors or not all(is_float_tensor(t) for t in tensors):
-                    raise ValueProblem(f"only float tensors can be watched, not {describe(value)}")
-                for tape in run.tapes:
-                    for tensor in tensors:
+                if not tensors or (isinstance(value, PyList) and value.count != sum(map(element_count, tensors))):
+                    raise ValueProblem(f"only tensors can be watched, not {describe(value)}")
+                for tensor in tensors:
+                    run.warn(dtype_warning(WATCHED_TENSOR, tensor))
+                    for tape in run.tapes:
                         tape.watch(tensor)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from service.compute.program.limits import MAX_DIMS, MAX_LIST_LEAVES, MAX_LIST_NESTING
@@ -208,3 +209,16 @@ def static_int_vector(value: Any, what: str) -> list[int]:
             raise ValueProblem(f"{what} has more than {MAX_DIMS} dimensions")
         return [int(d) for d in value.numpy()]
     return [static_int(value, what)]
+
+
+def static_int_array(value: Any, what: str) -> np.ndarray[Any, Any]:
+    """Integer indices known before the op runs (an integer tensor, a Python int or a list of them)."""
+    if is_tensor(value) and value.dtype.is_integer:
+        return np.asarray(value.numpy())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return np.asarray(value)
+    if isinstance(value, PyList) and value.shape is not None:
+        array = np.asarray(tf.constant(to_tensorflow(value)).numpy())
+        if array.dtype.kind in "iu":
+            return array
+    raise ValueProblem(f"{what} must be an integer tensor, not {describe(value)}")

@@ -1,0 +1,57 @@
+"""Dense networks on samples (API.md §2): loss, gradients, local gradients and Jacobians.
+
+By role, so that what the adapters need never loads TensorFlow:
+
+* `problem`: `NetworkSpec` (a request's structure), `NetworkProblem` (its arrays), `NetworkResult`; numpy only.
+* `prepare`: `prepare_network` validates one request's arrays and fixes its structure; numpy only.
+* `packing`: where each array sits in the packed rows a compiled function takes and gives; numpy only.
+* `graph`: the TensorFlow function of R requests of one structure, bit for bit the same alone or merged.
+* `fastpath`: calling that function as its registered op (TensorFlow internals, isolated and tested).
+* `engine`: `NetworkEngine`, the bounded cache of compiled functions; merges problems of one spec into one
+  call and splits the answer back. Imported by the worker's engines only.
+
+This package exports the numpy side; the engine is `service.compute.networks.engine.NetworkEngine`.
+"""
+
+from service.compute.networks.prepare import prepare_network, seed_problem
+from service.compute.networks.problem import (
+    BIASES,
+    FLOAT_DTYPES,
+    INCLUDES,
+    LOSSES,
+    REDUCTIONS,
+    SEED_FEATURES,
+    SEED_LABEL,
+    SEED_WEIGHTS,
+    Bias,
+    FloatDType,
+    Include,
+    Loss,
+    NetworkProblem,
+    NetworkResult,
+    NetworkSpec,
+    Reduction,
+    batch_bucket,
+)
+
+__all__ = [
+    "BIASES",
+    "FLOAT_DTYPES",
+    "INCLUDES",
+    "LOSSES",
+    "REDUCTIONS",
+    "SEED_FEATURES",
+    "SEED_LABEL",
+    "SEED_WEIGHTS",
+    "Bias",
+    "FloatDType",
+    "Include",
+    "Loss",
+    "NetworkProblem",
+    "NetworkResult",
+    "NetworkSpec",
+    "Reduction",
+    "batch_bucket",
+    "prepare_network",
+    "seed_problem",
+]
