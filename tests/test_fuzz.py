@@ -5,7 +5,7 @@ missing and wrong-typed fields, unexpected methods) and a bounded, deterministic
 invalid requests. Every answer must be documented: no server error, a status and content type the document
 lists for the operation, a body that conforms to the documented schema, and every error problem+json
 whose `status` repeats the HTTP status, without a traceback; an unexpected method gets a 405 whose `Allow`
-lists the methods of its path.
+lists the path's documented methods.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -49,8 +50,9 @@ CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
-    # methods the document does not list answer 405 with an `Allow` header
+    # methods the document does not list answer 405 with `Allow`, which names exactly the documented ones
     unsupported_method,
+    allow_header_conformance,
 ]
 
 answered: Counter[tuple[str, int]] = Counter()

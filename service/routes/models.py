@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from schemas.models import (
     GradientsRequest,
@@ -50,6 +51,20 @@ class TFServingRoute(StrictJSONRoute):
         return with_error_member
 
 
+class SegmentConvertor(Convertor[str]):
+    """A model name or version in a path: no `/` and no `:`, which starts a verb (as in TF Serving's own URL
+    pattern), so that `GET /v1/models/x:predict` is a 405, not the status of a model named `x:predict`."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", SegmentConvertor())
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TFServingRoute)
 
 PREDICT_BODY = JSONBody(PredictRequest, undeclared_is_json=True)
@@ -65,7 +80,7 @@ async def list_models(models: ModelsDep) -> JSONBytesResponse:
 
 
 @router.get(
-    "/{name}",
+    "/{name:segment}",
     response_model=ModelStatus,
     responses=READ_PROBLEMS,
     summary="A model's status: every version's state (TF Serving's GetModelStatus)",
@@ -75,7 +90,7 @@ async def model_status(name: Name, models: ModelsDep) -> JSONBytesResponse:
 
 
 @router.get(
-    "/{name}/versions/{version}",
+    "/{name:segment}/versions/{version:segment}",
     response_model=ModelStatus,
     responses=READ_PROBLEMS,
     summary="One version's status",
@@ -85,7 +100,7 @@ async def model_version_status(name: Name, version: Version, models: ModelsDep) 
 
 
 @router.get(
-    "/{name}/metadata",
+    "/{name:segment}/metadata",
     response_model=ModelMetadata,
     responses={**READ_PROBLEMS, **problem_responses(503)},
     summary="The signatures of a model's highest available version (TF Serving's signature_def JSON)",
@@ -96,7 +111,7 @@ async def model_metadata(name: Name, models: ModelsDep) -> JSONBytesResponse:
 
 
 @router.get(
-    "/{name}/versions/{version}/metadata",
+    "/{name:segment}/versions/{version:segment}/metadata",
     response_model=ModelMetadata,
     responses={**READ_PROBLEMS, **problem_responses(503)},
     summary="The signatures of one version",
@@ -125,7 +140,7 @@ async def _predict(
 
 
 @router.post(
-    "/{name}:predict",
+    "/{name:segment}:predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=PREDICT_PROBLEMS,
@@ -140,7 +155,7 @@ async def predict(
 
 
 @router.post(
-    "/{name}/versions/{version}:predict",
+    "/{name:segment}/versions/{version:segment}:predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=PREDICT_PROBLEMS,
@@ -175,7 +190,7 @@ async def _gradients(
 
 
 @router.post(
-    "/{name}:gradients",
+    "/{name:segment}:gradients",
     response_model=GradientsResponse,
     responses=PREDICT_PROBLEMS,
     openapi_extra=GRADIENTS_BODY.openapi,
@@ -189,7 +204,7 @@ async def gradients(
 
 
 @router.post(
-    "/{name}/versions/{version}:gradients",
+    "/{name:segment}/versions/{version:segment}:gradients",
     response_model=GradientsResponse,
     responses=PREDICT_PROBLEMS,
     openapi_extra=GRADIENTS_BODY.openapi,
@@ -223,7 +238,7 @@ async def _jacobian(
 
 
 @router.post(
-    "/{name}:jacobian",
+    "/{name:segment}:jacobian",
     response_model=JacobianResponse,
     responses=PREDICT_PROBLEMS,
     openapi_extra=JACOBIAN_BODY.openapi,
@@ -237,7 +252,7 @@ async def jacobian(
 
 
 @router.post(
-    "/{name}/versions/{version}:jacobian",
+    "/{name:segment}/versions/{version:segment}:jacobian",
     response_model=JacobianResponse,
     responses=PREDICT_PROBLEMS,
     openapi_extra=JACOBIAN_BODY.openapi,
