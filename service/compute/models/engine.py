@@ -28,7 +28,7 @@ class PredictJob:
     inputs: dict[str, np.ndarray]
     batch: int | None
     """The batch size every input shares, when the job may be merged with others; None runs it alone."""
-    loc: tuple[str | int, ...] = ("body",)
+    loc: tuple[str | int, ...] = ()
     """Where a failure of the model on these inputs is reported."""
 
 
@@ -42,7 +42,7 @@ class GradientsJob:
     inputs: dict[str, np.ndarray]
     request: Any
     extra: np.ndarray | None
-    loc: tuple[str | int, ...] = ("body",)
+    loc: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +56,7 @@ class JacobianJob:
     source: str
     class_index: np.ndarray | None
     max_elements: int
-    loc: tuple[str | int, ...] = ("body",)
+    loc: tuple[str | int, ...] = ()
 
 
 def mergeable(served: Any, signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> int | None:
