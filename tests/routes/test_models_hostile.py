@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import model_repo
-from tests.conftest import make_client, wait_ready
+from tests.hostile_case import Hostile as Case
 
 MAX_ELEMENTS = 4096
 MAX_BODY = 256 * 1024
@@ -23,19 +22,6 @@ SEQ_V1 = "/v1/models/seq/versions/1:predict"
 TWO = "/v1/models/two:predict"
 COUNTER = "/v1/models/counter:predict"
 GOOD_ROW = [0.5, -1.0, 2.0, 0.25]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    method: str
-    path: str
-    status: int
-    slug: str
-    body: bytes | None = None
-    content_type: str | None = "application/json"
-    loc: tuple[str | int, ...] | None = None
-    says: str | None = None
 
 
 def post(name: str, path: str, body: Any, status: int, slug: str, **kw: Any) -> Case:
@@ -240,15 +226,12 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    root = tmp_path_factory.mktemp("hostile") / "models"
-    root.mkdir()
+    root = model_repo.new_repository(tmp_path_factory, "hostile")
     model_repo.save_keras(model_repo.sequential(1), root, "seq", 1)
     model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
     model_repo.save_quadratic(root)
     model_repo.save_counter(root)
-    overrides = {"model_dir": str(root), "model_poll_s": 0, "warmup": False}
-    with make_client(max_elements=MAX_ELEMENTS, max_body_bytes=MAX_BODY, **overrides) as client:
-        wait_ready(client)
+    with model_repo.serving(root, max_elements=MAX_ELEMENTS, max_body_bytes=MAX_BODY) as client:
         yield client
 
 
