@@ -16,10 +16,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import uvloop
@@ -118,9 +118,12 @@ class Result:
         return phase_stats(self.outcomes, Phase("all", 0, float("inf")), self.retried)
 
 
-def run(coroutine: Awaitable[Result]) -> Result:
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)  # type: ignore[arg-type]
+        return runner.run(coroutine)
 
 
 class Stop:
@@ -361,7 +364,7 @@ async def model_faults(cluster: Cluster, lengths: Lengths) -> Result:
     return summarize(name, recorder, phases, cluster.balancer, marks)
 
 
-SCENARIOS: dict[str, Callable[[Cluster, Lengths], Awaitable[Result]]] = {
+SCENARIOS: dict[str, Callable[[Cluster, Lengths], Coroutine[Any, Any, Result]]] = {
     "crash": crash,
     "drain": drain,
     "burst": burst,
