@@ -20,7 +20,8 @@ from service.compute.models.engine import ModelsEngine
 from service.compute.networks import NetworkProblem
 from service.compute.networks.engine import NetworkEngine
 from service.compute.plots import plot_activations
-from service.compute.program import run_tape
+from service.compute.program.ops import list_ops
+from service.compute.program.runner import run_tape
 from service.engines import Call
 from service.settings import Settings
 from service.worker import Engine, EngineContext
@@ -68,8 +69,8 @@ def explanations(context: EngineContext) -> Engine:
 
 
 def programs(context: EngineContext) -> Engine:
-    """`Call("run_tape", ...)` -> `TapeRun`."""
-    return Functions({"run_tape": run_tape})
+    """`Call("run_tape", ...)` -> `TapeRun`; `Call("list_ops", {})` -> the `OpInfo`s a program may call."""
+    return Functions({"run_tape": run_tape, "list_ops": list_ops})
 
 
 def activations(context: EngineContext) -> Engine:

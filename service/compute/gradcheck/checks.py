@@ -19,7 +19,8 @@ from service.compute.errors import InvalidInput, LimitExceeded, Loc
 from service.compute.gradcheck.results import Array, GradientCheck, SourceCheck, compare, name_index, summarise
 
 if TYPE_CHECKING:
-    from service.compute.program import ComputeRequest, ParsedProgram, TapeInput
+    from service.compute.program import ComputeRequest, TapeInput
+    from service.compute.program.parse import ParsedProgram
 
 DEFAULT_EPSILON = 1e-6
 DEFAULT_RTOL = 1e-5

@@ -26,7 +26,9 @@ from service.compute.gradcheck.checks import (
     source_check,
 )
 from service.compute.gradcheck.results import Array, GradientCheck
-from service.compute.program import ParsedProgram, TapeInput, parse_program, run_tape
+from service.compute.program.parse import ParsedProgram, parse_program
+from service.compute.program.requests import TapeInput
+from service.compute.program.runner import run_tape
 
 Objective = Callable[[Mapping[str, TapeInput]], float]
 
