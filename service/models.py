@@ -15,7 +15,9 @@ it is ignored, not an error. A version that fails to load stays END with its err
 when its files change; under `latest` the highest version that has not failed serves. A version whose
 folder is gone, or that the policy no longer wants, is unloaded after its in-flight requests finish.
 
-Nothing here imports TensorFlow at import time: the loader thread imports `service.compute.models.loading`.
+Nothing here imports TensorFlow at import time: the loader thread imports `service.compute.models.loading`,
+and is the one thread besides the worker's lanes that uses TensorFlow (the lifespan starts it after the
+worker, whose lanes have loaded TensorFlow by then).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The worker: owns TensorFlow and the device, and runs every job of every engine in its own threads.
 
 Engines register by name with a factory (a callable, or a "package.module:factory" path imported in the
-worker's thread), and with a lane: a thread of the worker with its bounded queue. The worker builds
-each engine in its lane's thread, so TensorFlow is imported and used there only, never on the event
-loop. `await worker.run(engine, job, deadline)` is the one way to run anything: a full queue is a 429,
-a passed deadline a 504 (a job whose deadline passed before it started is dropped, not run). Every lane
-runs inside `with tf.device(pinned_device)`. An engine keys its jobs: jobs of one non-None key waiting
-together become one call of its `run` (micro-batching), split back. The worker knows no engine by name.
+worker's thread), and with a lane: a thread of the worker with its bounded queue. The worker builds each
+engine in its lane's thread, so TensorFlow is imported and used there, never on the event loop nor at import
+time: `start` loads it in the lanes' threads, before anything else of the service does. The one other thread
+that uses TensorFlow is the repository's loader, which the app's lifespan starts after the worker: it loads
+and warms up what the service serves off the request path. `await worker.run(engine, job, deadline)` is the one
+way to run anything: a full queue is a 429, a passed deadline a 504 (a job whose deadline passed before it
+started is dropped, not run). Every lane runs inside `with tf.device(pinned_device)`. An engine keys its
+jobs: jobs of one non-None key waiting together become one call of its `run` (micro-batching), split back.
+The worker knows no engine by name.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class _Lane:
 
 def resolve_device(requested: str, fallback: str, cpu_logical_devices: int) -> tuple[str, list[str]]:
     """Resolve `TAPESERVE_DEVICE` to a logical device name once, at start; returns (pinned, visible)."""
-    import tensorflow as tf  # noqa: PLC0415  (TensorFlow is loaded in the worker thread only)
+    import tensorflow as tf  # noqa: PLC0415  (called in the main lane's thread, which loads TensorFlow)
 
     cpus = tf.config.list_physical_devices("CPU")
     gpus = tf.config.list_physical_devices("GPU")

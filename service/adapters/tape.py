@@ -3,14 +3,17 @@ document; the op table -> `GET /v1/ops`."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from schemas.tape import TapeRequest
 from service import codec
-from service.adapters.errors import located
-from service.compute.program import ComputeRequest, TapeInput, TapeRun, list_ops, parse_program
+from service.compute.program import ComputeRequest, TapeInput, TapeRun
 from service.engines import Call
 from service.vocabulary import DTYPES
+
+if TYPE_CHECKING:
+    from service.compute.program.ops import OpInfo
 
 DTYPE_CONSTANTS = [*(f"tf.{name}" for name in DTYPES), "float"]
 """The dtype names a program may write."""
@@ -60,15 +63,18 @@ def decode_compute(body: TapeRequest, max_elements: int) -> list[ComputeRequest]
     return requests
 
 
+LIST_OPS = Call("list_ops", {})
+"""The programs engine's job that answers its op table (it holds TensorFlow's functions: read in the worker)."""
+
+
 def decode_job(body: TapeRequest, max_elements: int) -> Call:
-    """The programs engine's job; the program's static checks answer here, before the job queues."""
-    with located():
-        parsed = parse_program(body.program)
+    """The programs engine's job. The program's static checks run there, before any TensorFlow op: the
+    construct table they follow holds TensorFlow's functions."""
     return Call(
         "run_tape",
         {
             "inputs": decode_inputs(body, max_elements),
-            "program": parsed,
+            "program": body.program,
             "compute": decode_compute(body, max_elements),
             "watch": body.watch,
             "persistent": body.persistent,
@@ -99,12 +105,13 @@ def encode_run(run: TapeRun, device: str, encoding: codec.Encoding) -> dict[str,
     }
 
 
-def ops_document() -> dict[str, Any]:
-    """The `OpsResponse` document: every function a program may call, and the dtype constants."""
+def ops_document(ops: Sequence[OpInfo]) -> dict[str, Any]:
+    """The `OpsResponse` document: every function a program may call (`ops`, the `LIST_OPS` job's answer), and
+    the dtype constants."""
     return {
         "ops": [
             {"name": op.name, "tf_names": list(op.tf_names), "signature": op.signature, "summary": op.summary}
-            for op in list_ops()
+            for op in ops
         ],
         "constants": DTYPE_CONSTANTS,
     }

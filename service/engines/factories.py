@@ -13,13 +13,15 @@ from typing import Any
 from service.compute.activations import evaluate_activations
 from service.compute.explain.engine import ExplainEngine
 from service.compute.explain.plot import plot_attributions
+from service.compute.gradcheck.model import check_model
 from service.compute.gradcheck.network import check_network
 from service.compute.gradcheck.tape import check_tape
 from service.compute.models.engine import ModelsEngine
 from service.compute.networks import NetworkProblem
 from service.compute.networks.engine import NetworkEngine
 from service.compute.plots import plot_activations
-from service.compute.program import run_tape
+from service.compute.program.ops import list_ops
+from service.compute.program.runner import run_tape
 from service.engines import Call
 from service.settings import Settings
 from service.worker import Engine, EngineContext
@@ -67,8 +69,8 @@ def explanations(context: EngineContext) -> Engine:
 
 
 def programs(context: EngineContext) -> Engine:
-    """`Call("run_tape", ...)` -> `TapeRun`."""
-    return Functions({"run_tape": run_tape})
+    """`Call("run_tape", ...)` -> `TapeRun`; `Call("list_ops", {})` -> the `OpInfo`s a program may call."""
+    return Functions({"run_tape": run_tape, "list_ops": list_ops})
 
 
 def activations(context: EngineContext) -> Engine:
@@ -82,12 +84,18 @@ def models(context: EngineContext) -> Engine:
 
 
 def gradient_checks(context: EngineContext) -> Engine:
-    """`Call("check_network" | "check_tape", ...)` -> `GradientCheck`; a network's autodiff runs on the
-    networks engine (its compiled functions are shared)."""
+    """`Call("check_network" | "check_tape" | "check_model", ...)` -> `GradientCheck`; a network's autodiff runs
+    on the networks engine (its compiled functions are shared)."""
     networks = context.engine("networks")
     if not isinstance(networks, NetworkEngine):
         raise TypeError("gradient checks of networks need the networks engine")
-    return Functions({"check_network": functools.partial(check_network, engine=networks), "check_tape": check_tape})
+    return Functions(
+        {
+            "check_network": functools.partial(check_network, engine=networks),
+            "check_tape": check_tape,
+            "check_model": check_model,
+        }
+    )
 
 
 def plots(context: EngineContext) -> Engine:

@@ -30,6 +30,12 @@ async def tape(body: TapeRequest, worker: WorkerDep, settings: SettingsDep) -> J
     return json_response(adapt.encode_run(run, worker.pinned_device, body.response_encoding))
 
 
+_OPS: list[OpsResponse] = []
+"""The op table's document, read in the worker once: it never changes while the process runs."""
+
+
 @router.get("/ops", response_model=OpsResponse, summary="The functions a /v1/tape program may call")
-async def ops() -> JSONBytesResponse:
-    return json_response(OpsResponse.model_validate(adapt.ops_document()))
+async def ops(worker: WorkerDep) -> JSONBytesResponse:
+    if not _OPS:
+        _OPS.append(OpsResponse.model_validate(adapt.ops_document(await worker.run("programs", adapt.LIST_OPS))))
+    return json_response(_OPS[0])

@@ -20,14 +20,10 @@ from service.compute.errors import (
     ProgramLimitExceeded,
     TapeSemanticsError,
 )
-from service.compute.program import (
-    ComputeRequest,
-    TapeInput,
-    TapeRun,
-    list_ops,
-    parse_program,
-    run_tape,
-)
+from service.compute.program import ComputeRequest, TapeInput, TapeRun
+from service.compute.program.ops import list_ops
+from service.compute.program.parse import parse_program
+from service.compute.program.runner import run_tape
 
 Array = npt.NDArray[Any]
 

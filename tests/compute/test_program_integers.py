@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.eager import backprop, forwardprop
 
-from service.compute.program import ComputeRequest, TapeInput, run_tape
+from service.compute.program import ComputeRequest, TapeInput
 from service.compute.program.dtype_warnings import (
     GRADIENT_SOURCE,
     GRADIENT_TARGET,
@@ -23,6 +23,7 @@ from service.compute.program.dtype_warnings import (
     WATCHED_PRIMAL,
     WATCHED_TENSOR,
 )
+from service.compute.program.runner import run_tape
 
 TARGET_INT32 = (
     "The dtype of the target tensor must be floating (e.g. tf.float32) when calling GradientTape.gradient, got tf.int32"

@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 
 from service.compute.errors import ProgramError, TapeSemanticsError
-from service.compute.program import ComputeRequest, TapeInput, list_ops, run_tape
+from service.compute.program import ComputeRequest, TapeInput
+from service.compute.program.ops import list_ops
+from service.compute.program.runner import run_tape
 
 Array = npt.NDArray[Any]
 Tensors = dict[str, Any]

@@ -13,7 +13,9 @@ import pytest
 import service.compute
 from service.adapters.errors import located
 from service.compute.errors import InvalidInput, LimitExceeded, ProgramError, ProgramLimitExceeded
-from service.compute.program import ComputeRequest, TapeInput, parse_program, run_tape
+from service.compute.program import ComputeRequest, TapeInput
+from service.compute.program.parse import parse_program
+from service.compute.program.runner import run_tape
 
 FAST = 1.0  # seconds
 

@@ -41,23 +41,15 @@ multiply-adds ≤ TOTAL_WORK_FACTOR × max_elements.
 
 Errors locate relative to `run_tape`'s arguments: ("program", "line L", "col C"), ("compute", i, ...),
 ("inputs", name), ...; the HTTP side adds "body".
+
+This package exports the request types, numpy only, so adapters import it without loading TensorFlow. What
+needs TensorFlow is imported from its module, in the worker's threads: `runner.run_tape`, `parse.parse_program`
+(the construct table holds TensorFlow's functions, so programs are parsed and checked in the worker too) and
+`ops.list_ops`.
 """
 
 from __future__ import annotations
 
-from service.compute.program.ops import OpInfo, list_ops
-from service.compute.program.parse import ParsedProgram, parse_program
 from service.compute.program.requests import ComputeRequest, ComputeResult, TapeInput, TapeRun
-from service.compute.program.runner import run_tape
 
-__all__ = [
-    "ComputeRequest",
-    "ComputeResult",
-    "OpInfo",
-    "ParsedProgram",
-    "TapeInput",
-    "TapeRun",
-    "list_ops",
-    "parse_program",
-    "run_tape",
-]
+__all__ = ["ComputeRequest", "ComputeResult", "TapeInput", "TapeRun"]
