@@ -6,7 +6,8 @@ pool, which costs a thread hand-off per request.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -17,37 +18,23 @@ from service.settings import Settings
 from service.worker import Worker
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _state(attribute: str, what: str) -> Callable[[Request], Coroutine[Any, Any, Any]]:
+    """A dependency answering the app's `state.<attribute>` (`what` is its docstring)."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    dependency.__name__ = f"get_{attribute}"
+    dependency.__doc__ = what
+    return dependency
 
 
-async def get_worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
-    return worker
-
-
-async def get_http_warm(request: Request) -> bool:
-    """Whether the app's own warm-up requests are done (see `service.app`)."""
-    return bool(request.app.state.http_warm)
-
-
-async def get_drain(request: Request) -> Drain:
-    """The app's drain state: set by SIGTERM (see `service.drain`)."""
-    drain: Drain = request.app.state.drain
-    return drain
-
-
-async def get_models(request: Request) -> ModelRepository:
-    """The app's model repository (see `service.models`)."""
-    models: ModelRepository = request.app.state.models
-    return models
-
-
-async def get_plot_cache(request: Request) -> PlotCache:
-    """The PNGs the app has rendered (see `service.adapters.plots`)."""
-    cache: PlotCache = request.app.state.plot_cache
-    return cache
+get_settings = _state("settings", "The app's settings (see `service.settings`).")
+get_worker = _state("worker", "The app's worker (see `service.worker`), started by the lifespan.")
+get_http_warm = _state("http_warm", "Whether the app's own warm-up requests are done (see `service.app`).")
+get_drain = _state("drain", "The app's drain state: set by SIGTERM (see `service.drain`).")
+get_models = _state("models", "The app's model repository (see `service.models`).")
+get_plot_cache = _state("plot_cache", "The PNGs the app has rendered (see `service.adapters.plots`).")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

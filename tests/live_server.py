@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -33,6 +33,24 @@ def free_port() -> int:
         return port
 
 
+def poll_ready(base: str, timeout_s: float, ended: Callable[[], str | None]) -> None:
+    """Poll `base`/readyz until it answers 200; raise if `ended()` says why the server is gone, or after
+    `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        gone = ended()
+        if gone is not None:
+            raise RuntimeError(gone)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready in {timeout_s:g} s")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
 @contextmanager
 def live_server(**overrides: object) -> Iterator[str]:
     """Serve `create_app(Settings(**overrides))` on a free local port until the block ends; yields the base URL."""
@@ -48,18 +66,7 @@ def live_server(**overrides: object) -> Iterator[str]:
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if not thread.is_alive():
-                raise RuntimeError("the server thread ended before it was ready")
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("the server never became ready")
+        poll_ready(base, 60, lambda: None if thread.is_alive() else "the server thread ended before it was ready")
         yield base
     finally:
         server.should_exit = True
@@ -88,19 +95,14 @@ def serve_process(
         stderr=stderr or subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
+
+    def ended() -> str | None:
+        if process.poll() is None:
+            return None
+        return f"tapeserve serve exited with {process.returncode} before it was ready"
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"tapeserve serve exited with {process.returncode} before it was ready")
-            if time.monotonic() > deadline:
-                raise RuntimeError("tapeserve serve was not ready in 120 s")
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        poll_ready(base, 120, ended)
         yield base, process
     finally:
         if process.poll() is None:

@@ -16,27 +16,74 @@ PADDING = ("SAME", "VALID")
 """Padding as a string; convolutions (but conv1d) and pools also take explicit [before, after] pairs."""
 
 
+IMAGE_FORMATS = ("NHWC", "NCHW")
+POOL = params("input", "ksize", "strides", "padding", data_format="NHWC")
+
+
 def window_op(
     *,
     name: str,
     fn: Callable[..., Any],
-    tf_names: tuple[str, ...],
     parameters: Any,
     summary: str,
     rule: Callable[..., windows.Window],
-    data: tuple[str, ...],
-    formats: tuple[str, ...],
+    data: tuple[str, ...] = ("input",),
+    formats: tuple[str, ...] = IMAGE_FORMATS,
 ) -> OpSpec:
-    """A sliding-window op, sized and costed by its window `rule`."""
+    """A sliding-window op `tf.nn.<name>`, sized and costed by its window `rule`."""
     size, work = windows.sized(rule)
     return OpSpec(
         name=name,
         fn=fn,
-        tf_names=tf_names,
+        tf_names=(f"tf.nn.{name}",),
         params=with_choices(parameters, padding=PADDING, data_format=formats),
         summary=summary,
         size=size,
         work=work,
+        data=data,
+    )
+
+
+def convolution(
+    *,
+    name: str,
+    fn: Callable[..., Any],
+    summary: str,
+    spatial: int = 2,
+    filters: str = "filters",
+    depthwise: bool = False,
+) -> OpSpec:
+    """A convolution `tf.nn.<name>` of `input` with `filters` (k..., in, out or multiplier), in TensorFlow's
+    signature: `stride` for one spatial axis, `strides` for two; a depthwise one has no default data_format."""
+    strides = "stride" if spatial == 1 else "strides"
+    formats = ("NWC", "NCW") if spatial == 1 else IMAGE_FORMATS
+    return window_op(
+        name=name,
+        fn=fn,
+        parameters=params(
+            "input", filters, strides, "padding", data_format=None if depthwise else formats[0], dilations=None
+        ),
+        summary=summary,
+        rule=windows.convolution(spatial, strides, filters, depthwise=depthwise),
+        data=("input", filters),
+        formats=formats,
+    )
+
+
+def pool(*, name: str, fn: Callable[..., Any], summary: str) -> OpSpec:
+    """A 2-D pooling op `tf.nn.<name>` of `input` over ksize windows."""
+    return window_op(name=name, fn=fn, parameters=POOL, summary=summary, rule=windows.pooling)
+
+
+def loss(*, name: str, fn: Callable[..., Any], parameters: Any, summary: str, data: tuple[str, ...]) -> OpSpec:
+    """A loss `tf.nn.<name>`: its result is no larger than its arguments."""
+    return OpSpec(
+        name=name,
+        fn=fn,
+        tf_names=(f"tf.nn.{name}",),
+        params=parameters,
+        summary=summary,
+        size=sizes.no_growth,
         data=data,
     )
 
@@ -62,94 +109,54 @@ def segment(*, name: str, fn: Callable[..., Any], what: str, unsorted: bool = Fa
 
 NN: tuple[OpSpec, ...] = (
     # convolutions and pooling
-    window_op(
+    convolution(
         name="conv1d",
         fn=tf.nn.conv1d,
-        tf_names=("tf.nn.conv1d",),
-        parameters=params("input", "filters", "stride", "padding", data_format="NWC", dilations=None),
         summary="1-D convolution of input (batch, width, channels) with filters (width, in, out).",
-        rule=windows.convolution(1, "stride", "filters"),
-        data=("input", "filters"),
-        formats=("NWC", "NCW"),
+        spatial=1,
     ),
-    window_op(
+    convolution(
         name="conv2d",
         fn=tf.nn.conv2d,
-        tf_names=("tf.nn.conv2d",),
-        parameters=params("input", "filters", "strides", "padding", data_format="NHWC", dilations=None),
         summary="2-D convolution of input (batch, height, width, channels) with filters (height, width, in, out).",
-        rule=windows.convolution(2, "strides", "filters"),
-        data=("input", "filters"),
-        formats=("NHWC", "NCHW"),
     ),
-    window_op(
+    convolution(
         name="depthwise_conv2d",
         fn=tf.nn.depthwise_conv2d,
-        tf_names=("tf.nn.depthwise_conv2d",),
-        parameters=params("input", "filter", "strides", "padding", data_format=None, dilations=None),
         summary="Each input channel convolved with its own filters (height, width, in, multiplier); "
         "strides is a list of 4.",
-        rule=windows.convolution(2, "strides", "filter", depthwise=True),
-        data=("input", "filter"),
-        formats=("NHWC", "NCHW"),
+        filters="filter",
+        depthwise=True,
     ),
-    window_op(
-        name="max_pool2d",
-        fn=tf.nn.max_pool2d,
-        tf_names=("tf.nn.max_pool2d",),
-        parameters=params("input", "ksize", "strides", "padding", data_format="NHWC"),
-        summary="The largest entry of each ksize window.",
-        rule=windows.pooling,
-        data=("input",),
-        formats=("NHWC", "NCHW"),
-    ),
-    window_op(
+    pool(name="max_pool2d", fn=tf.nn.max_pool2d, summary="The largest entry of each ksize window."),
+    pool(
         name="avg_pool2d",
         fn=tf.nn.avg_pool2d,
-        tf_names=("tf.nn.avg_pool2d",),
-        parameters=params("input", "ksize", "strides", "padding", data_format="NHWC"),
         summary="The mean of each ksize window (SAME padding averages the entries inside the input only).",
-        rule=windows.pooling,
-        data=("input",),
-        formats=("NHWC", "NCHW"),
     ),
     # losses
-    OpSpec(
+    loss(
         name="softmax_cross_entropy_with_logits",
         fn=tf.nn.softmax_cross_entropy_with_logits,
-        tf_names=("tf.nn.softmax_cross_entropy_with_logits",),
-        params=params("labels", "logits", axis=-1),
+        parameters=params("labels", "logits", axis=-1),
         summary="-Σ labels · log_softmax(logits) along axis; differentiable in labels and logits.",
-        size=sizes.no_growth,
         data=("labels", "logits"),
     ),
-    OpSpec(
+    loss(
         name="sparse_softmax_cross_entropy_with_logits",
         fn=tf.nn.sparse_softmax_cross_entropy_with_logits,
-        tf_names=("tf.nn.sparse_softmax_cross_entropy_with_logits",),
-        params=params("labels", "logits"),
+        parameters=params("labels", "logits"),
         summary="-log_softmax(logits)[labels] for integer class labels (one per row of logits).",
-        size=sizes.no_growth,
         data=("logits",),
     ),
-    OpSpec(
+    loss(
         name="sigmoid_cross_entropy_with_logits",
         fn=tf.nn.sigmoid_cross_entropy_with_logits,
-        tf_names=("tf.nn.sigmoid_cross_entropy_with_logits",),
-        params=params(labels=None, logits=None),
+        parameters=params(labels=None, logits=None),
         summary="Element-wise logistic loss max(logits, 0) - logits · labels + log(1 + e^-|logits|).",
-        size=sizes.no_growth,
         data=("labels", "logits"),
     ),
-    OpSpec(
-        name="l2_loss",
-        fn=tf.nn.l2_loss,
-        tf_names=("tf.nn.l2_loss",),
-        params=params("t"),
-        summary="Σ t² / 2.",
-        size=sizes.no_growth,
-        data=("t",),
-    ),
+    loss(name="l2_loss", fn=tf.nn.l2_loss, parameters=params("t"), summary="Σ t² / 2.", data=("t",)),
     # lookups and segments
     OpSpec(
         name="embedding_lookup",
