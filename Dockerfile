@@ -41,7 +41,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     TAPESERVE_HOST=0.0.0.0 \
-    TAPESERVE_PORT=8000
+    TAPESERVE_PORT=8000 \
+    TAPESERVE_MODEL_DIR=/models
 
 RUN groupadd --system --gid 10001 tapeserve \
     && useradd --system --uid 10001 --gid tapeserve --home-dir /home/tapeserve --create-home \
@@ -51,6 +52,8 @@ WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app/service ./service
 COPY --from=builder /app/schemas ./schemas
+# the example model repository, served by default; compose and Kubernetes mount the operator's over it (read-only)
+COPY models/diabetes /models/diabetes
 
 USER 10001:10001
 EXPOSE 8000

@@ -1,7 +1,7 @@
 """`make bench`, second part: the full-length fault scenarios (tests/faults/scenarios.py) against real replicas
 behind real nginx on loopback, tabulated into bench/results/faults.md and the README's "Running in containers".
 
-    python -m bench.faults            # all four, full length (about four minutes)
+    python -m bench.faults            # all five, full length (about five minutes)
     python -m bench.faults --short    # the lengths `make test` uses
 """
 
@@ -64,6 +64,16 @@ def findings(results: Sequence[Result]) -> str:
                 f"at peak, {notes['rss_after'] / 2**20:.0f} MiB after; normal answers "
                 f"{notes['normal_after_s']:.2f} s after the burst"
             )
+        elif result.name.startswith("(e)"):
+            steps = ", ".join(
+                f"{step['name']} " + ("never" if step["truth_after_s"] is None else f"{step['truth_after_s']:.1f} s")
+                for step in notes["steps"]
+            )
+            versions = "; ".join(
+                f"{phase}: " + ", ".join(f"v{version} {count:,}" for version, count in counts.items())
+                for phase, counts in notes["versions"].items()
+            )
+            extra = f"; every replica's status true after: {steps}; answers by version: {versions}"
         else:
             loris = notes["loris"]
             extra = f"; slow clients {loris['sent']} sent, {loris['answered']} answered, {loris['correct']} correct 200"

@@ -36,6 +36,8 @@ PlainValues = Annotated[
 ]
 
 NamedTensors = Annotated[dict[str, TensorIn], Field(title="NamedTensors")]
+ClassIndex = Annotated[int, Field(strict=True)]
+"""A JSON integer: a boolean, a fraction or a string is not a class (API.md §1)."""
 
 
 class NamedValues(RootModel[dict[str, Any]]):
@@ -243,7 +245,9 @@ class GradientsRequest(PredictRequest):
 
     output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
     class_index: (
-        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+        Annotated[ClassIndex, Field(title="OneClass")]
+        | Annotated[list[ClassIndex], Field(title="ClassPerInstance")]
+        | None
     ) = Field(default=None, description="The target is output[..., k]: one k, or one per instance.")
     output_gradients: TensorIn | None = Field(default=None, description="A cotangent shaped like the output.")
     loss: ModelLoss | None = Field(default=None, description="A loss on the output.")
@@ -290,7 +294,9 @@ class JacobianRequest(PredictRequest):
     output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
     input: str | None = Field(default=None, max_length=256, description="The input; required with several.")
     class_index: (
-        Annotated[int, Field(title="OneClass")] | Annotated[list[int], Field(title="ClassPerInstance")] | None
+        Annotated[ClassIndex, Field(title="OneClass")]
+        | Annotated[list[ClassIndex], Field(title="ClassPerInstance")]
+        | None
     ) = Field(default=None, description="Only row k of each Jacobian: (batch, *input_shape).")
     response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
 

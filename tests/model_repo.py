@@ -1,14 +1,66 @@
-"""Real models saved by TensorFlow into a model repository (TF Serving's layout) for the served-model tests."""
+"""Real models saved by TensorFlow into a model repository (TF Serving's layout) for the served-model tests,
+and the set-up those tests share: a repository folder, an app serving it, answers read back."""
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
+from fastapi.testclient import TestClient
+
+from tests.conftest import make_client, wait_ready
+
+
+def new_repository(tmp_path_factory: pytest.TempPathFactory, label: str) -> pathlib.Path:
+    """An empty repository folder of its own."""
+    root = tmp_path_factory.mktemp(label) / "models"
+    root.mkdir()
+    return root
+
+
+def two_and_quad(tmp_path_factory: pytest.TempPathFactory, label: str) -> pathlib.Path:
+    """A repository with the two-headed Keras model `two` and the float64 SavedModel `quad`."""
+    root = new_repository(tmp_path_factory, label)
+    save_keras(two_headed(), root, "two", 1)
+    save_quadratic(root)
+    return root
+
+
+@contextmanager
+def serving(root: pathlib.Path, **overrides: Any) -> Iterator[TestClient]:
+    """An app serving `root` (read once at start, no HTTP warm-up), ready once its models are loaded."""
+    with make_client(model_dir=str(root), model_poll_s=0, warmup=False, **overrides) as client:
+        wait_ready(client)
+        yield client
+
+
+def load_keras(root: pathlib.Path, name: str, version: int = 1) -> keras.Model:
+    """The repository's Keras file loaded in process: the reference the answers are checked against."""
+    return keras.saving.load_model(root / name / str(version) / "model.keras")
+
+
+def post_ok(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The 200 answer's document."""
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def values(tensor: dict[str, Any]) -> np.ndarray:
+    """A response tensor's values in its dtype, nested or base64."""
+    if "b64" in tensor:
+        raw = np.frombuffer(base64.b64decode(tensor["b64"]), dtype=np.dtype(tensor["dtype"]).newbyteorder("<"))
+        return raw.reshape(tensor["shape"])
+    return np.asarray(tensor["values"], dtype=tensor["dtype"])
 
 
 def version_folder(root: pathlib.Path, name: str, version: int) -> pathlib.Path:

@@ -8,7 +8,6 @@ answers the seed request with the numbers of the closed form (a − y) ⊗ x_B.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -26,13 +25,13 @@ from schemas.networks import (
     NetworkRequest,
 )
 from service import errors
+from tests.hostile_case import JSON, Hostile
 
 NETWORKS = "/v1/networks/gradients"
 TAPE = "/v1/tape"
 ACTIVATIONS = "/v1/activations"
 PLOT = "/v1/activations/plot.png"
 CHECK = "/v1/gradient-check"
-JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 PROBLEMS = "https://tapeserve.dev/problems/"
 
@@ -61,25 +60,6 @@ TITLES = {
         errors.NonPersistentTape,
     )
 }
-
-
-@dataclass(frozen=True)
-class Hostile:
-    """One hostile request and the exact answer it must get."""
-
-    name: str
-    method: str
-    path: str
-    status: int
-    slug: str
-    body: bytes | None = None
-    content_type: str | None = JSON
-    loc: tuple[str | int, ...] | None = None
-    """A location the problem's errors must hold (a longer one under it also counts: union members add a part)."""
-    says: str | None = None
-    """Words the detail must contain."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Further members the problem must carry with these values (line, column, compute_index)."""
 
 
 def document(path: str, body: Any, status: int, slug: str, name: str, **kw: Any) -> Hostile:

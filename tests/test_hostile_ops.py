@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from fastapi.testclient import TestClient
 
-from tests.test_hostile import LIMIT, PROGRAM, TAPE, Hostile, assert_problem, document, send
+from tests.hostile_case import Hostile
+from tests.test_hostile import LIMIT, PROGRAM, TAPE, assert_problem, document, send
 
 IMAGE = "img = tf.ones([1, 8, 8, 2])\n"
 """A program's first line: an 8×8 two-channel image (the call under test is on line 2)."""

@@ -3,21 +3,36 @@ JSON precision in the check's dtype (with notes on every cast); a `GradientCheck
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from schemas.gradient_check import GradientCheckRequest
+from schemas.gradient_check import GradientCheckRequest, ModelGradientsCheck
 from schemas.networks import NetworkRequest
 from schemas.tape import TapeRequest
 from service import codec
 from service.adapters.errors import located
+from service.adapters.models import decode_gradients
 from service.adapters.networks import network_problem
-from service.compute.gradcheck import CheckOptions, Comparison, GradientCheck, TapeCheck
+from service.compute.gradcheck import (
+    DEFAULT_ATOL,
+    DEFAULT_EPSILON,
+    DEFAULT_RTOL,
+    CheckOptions,
+    Comparison,
+    GradientCheck,
+    TapeCheck,
+)
+from service.compute.models.engine import GradientsJob
+from service.compute.models.spec import FLOAT_DTYPES
 from service.compute.networks import NetworkProblem
 from service.compute.program import ComputeRequest, TapeInput
 from service.engines import Call
 from service.errors import Loc, ValidationFailed, format_loc
+from service.models import Lease
 
 
 def read_tensor(
@@ -168,14 +183,17 @@ def encode_check(result: GradientCheck, device: str, encoding: codec.Encoding) -
     }
 
 
-def decode_claimed(body: GradientCheckRequest, max_elements: int, notes: list[str]) -> dict[str, np.ndarray[Any, Any]]:
-    """The caller's claimed gradients by source, in the check's dtype."""
+def decode_claimed(
+    body: GradientCheckRequest, max_elements: int, notes: list[str], dtype: str | None = None
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The caller's claimed gradients by source, in the check's dtype (`dtype`, else the body's)."""
+    dtype = dtype or body.dtype
     return {
         name: decode_float(
             value,
             ("body", "claimed", name),
-            bytes_dtype=body.dtype,
-            dtype=body.dtype,
+            bytes_dtype=dtype,
+            dtype=dtype,
             max_elements=max_elements,
             notes=notes,
         )
@@ -214,14 +232,101 @@ def check_job(body: GradientCheckRequest, *, max_elements: int, max_fd_elements:
 
 
 def _options(
-    body: GradientCheckRequest, claimed: dict[str, Any], max_fd_elements: int, deadline: float, notes: list[str]
+    body: GradientCheckRequest,
+    claimed: dict[str, Any],
+    max_fd_elements: int,
+    deadline: float,
+    notes: list[str],
+    *,
+    tolerances: tuple[float, float, float] | None = None,
 ) -> CheckOptions:
+    epsilon, rtol, atol = tolerances or (body.epsilon, body.rtol, body.atol)
     return CheckOptions(
         claimed=claimed,
-        epsilon=body.epsilon,
-        rtol=body.rtol,
-        atol=body.atol,
+        epsilon=epsilon,
+        rtol=rtol,
+        atol=atol,
         max_fd_elements=max_fd_elements,
         stop_at=deadline,
         notes=notes,
     )
+
+
+# ---------------------------------------------------------------------------------------------- served models
+
+FLOAT32_TOLERANCES = (1e-3, 1e-2, 1e-3)
+"""epsilon, rtol, atol for a float32 model (API.md §9): float32 finite differences cannot reach §5's defaults."""
+FLOAT64_TOLERANCES = (DEFAULT_EPSILON, DEFAULT_RTOL, DEFAULT_ATOL)
+MODEL = ("body", "model")
+
+
+@contextmanager
+def in_model_body() -> Iterator[None]:
+    """A `:gradients` body's errors, found at ("body", ...), placed at ("body", "model", ...)."""
+    try:
+        yield
+    except ValidationFailed as error:
+        errors = [
+            {**item, "loc": [*MODEL, *item["loc"][1:]]} if list(item["loc"][:1]) == ["body"] else item
+            for item in error.errors or []
+        ]
+        detail = f"{format_loc(errors[0]['loc'])}: {errors[0]['msg']}" if errors else error.detail
+        raise type(error)(detail, errors=errors or None, headers=error.headers, extra=error.extra) from None
+
+
+def _tolerances(body: GradientCheckRequest, dtype: str) -> tuple[float, float, float]:
+    """The body's epsilon, rtol and atol where it sent them, else the defaults of the model's dtype."""
+    defaults = FLOAT32_TOLERANCES if dtype == "float32" else FLOAT64_TOLERANCES
+    sent = body.model_fields_set
+    chosen = (
+        getattr(body, name) if name in sent else default
+        for name, default in zip(("epsilon", "rtol", "atol"), defaults, strict=True)
+    )
+    epsilon, rtol, atol = chosen
+    return epsilon, rtol, atol
+
+
+def _float_sources(model: ModelGradientsCheck, job: GradientsJob, notes: list[str]) -> tuple[str, ...]:
+    """The job's input sources that can be perturbed: an integer input named as a source is a 422, one that
+    "inputs" brought in is left out (a note says so)."""
+    info = job.served.signatures[job.signature].inputs
+    integers = [name for name in job.request.sources if info[name].dtype not in FLOAT_DTYPES]
+    for index, source in enumerate(model.sources):
+        if source in integers:
+            raise ValidationFailed.at(
+                (*MODEL, "sources", index), f"input {source!r} is {info[source].dtype}: it has no gradient to check"
+            )
+    if integers:
+        notes.append(f"Integer inputs have no gradient and are not checked: {', '.join(integers)}.")
+    floats = tuple(name for name in job.request.sources if name not in integers)
+    if not floats and not job.request.variables:
+        raise ValidationFailed.at((*MODEL, "sources"), "no source with a gradient: every input named is an integer")
+    return floats
+
+
+def model_check_job(
+    body: GradientCheckRequest, lease: Lease, *, max_elements: int, max_fd_elements: int, deadline: float
+) -> Call:
+    """The check of a served version's `:gradients` body: `check_model`'s job, in the model's own dtype (the
+    output's), with §9's tolerances for float32 models unless the body sets them. Its errors are located
+    relative to the check body (place them with `errors.located`)."""
+    model = body.model
+    if model is None:
+        raise ValidationFailed.at(MODEL, "send a model")  # the route checks a model body only
+    with in_model_body():
+        job = decode_gradients(model, lease, max_elements)
+    output = lease.signatures[job.signature].outputs[job.request.output]
+    if "dtype" in body.model_fields_set and body.dtype != output.dtype:
+        raise ValidationFailed.at(
+            ("body", "dtype"),
+            f"a model is checked in its own dtype, {output.dtype}; leave dtype out or send {output.dtype}",
+        )
+    notes = [
+        f"Version {lease.number} of model {lease.name!r} (signature {job.signature!r}, output {output.name!r}) "
+        f"is checked in its own dtype, {output.dtype}."
+    ]
+    request = dataclasses.replace(job.request, sources=_float_sources(model, job, notes))
+    job = dataclasses.replace(job, request=request, loc=tuple(job.loc[1:]))  # the inputs' place in the model body
+    claimed = decode_claimed(body, max_elements, notes, output.dtype)
+    options = _options(body, claimed, max_fd_elements, deadline, notes, tolerances=_tolerances(body, output.dtype))
+    return Call("check_model", {"job": job, "options": options})

@@ -10,7 +10,7 @@ import numpy as np
 from schemas.models import GradientsRequest, JacobianRequest, PredictRequest
 from service import codec
 from service.compute.models.engine import GradientsJob, JacobianJob, Outputs, PredictJob, mergeable
-from service.compute.models.spec import GradientRequest, SignatureInfo, TargetKind, TensorInfo
+from service.compute.models.spec import FLOAT_DTYPES, GradientRequest, SignatureInfo, TargetKind, TensorInfo
 from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
 from service.models import Lease, ModelRepository, VersionStatus
 
@@ -278,6 +278,12 @@ def _output(body: GradientsRequest | JacobianRequest, signature: SignatureInfo) 
     return signature.outputs[body.output]
 
 
+def _differentiable(info: TensorInfo, loc: Loc, what: str) -> None:
+    """A 422 at `loc` for an integer output or input, which has no derivative."""
+    if info.dtype not in FLOAT_DTYPES:
+        raise ValidationFailed.at(loc, f"{what} {info.name!r} is {info.dtype}, which has no derivative")
+
+
 def _sources(body: GradientsRequest, signature: SignatureInfo) -> tuple[tuple[str, ...], bool]:
     names: list[str] = []
     variables = False
@@ -350,6 +356,7 @@ def decode_gradients(body: GradientsRequest, lease: Lease, max_elements: int) ->
     signature = _signature(body, lease)
     inputs, loc = _inputs(body, signature, max_elements)
     output = _output(body, signature)
+    _differentiable(output, ("body", "output"), "output")
     sources, variables = _sources(body, signature)
     batch = next(iter(inputs.values())).shape[0] if inputs and next(iter(inputs.values())).ndim else 1
     kind, extra, loss = _extra(body, output, batch, max_elements)
@@ -406,7 +413,9 @@ def decode_jacobian(body: JacobianRequest, lease: Lease, max_elements: int) -> J
     signature = _signature(body, lease)
     inputs, loc = _inputs(body, signature, max_elements)
     output = _output(body, signature)
+    _differentiable(output, ("body", "output"), "output")
     source = _input(body, signature)
+    _differentiable(signature.inputs[source], ("body", "input"), "input")
     batch = inputs[source].shape[0] if inputs[source].ndim else 1
     classes = None
     if body.class_index is not None:

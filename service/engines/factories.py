@@ -13,6 +13,7 @@ from typing import Any
 from service.compute.activations import evaluate_activations
 from service.compute.explain.engine import ExplainEngine
 from service.compute.explain.plot import plot_attributions
+from service.compute.gradcheck.model import check_model
 from service.compute.gradcheck.network import check_network
 from service.compute.gradcheck.tape import check_tape
 from service.compute.models.engine import ModelsEngine
@@ -83,12 +84,18 @@ def models(context: EngineContext) -> Engine:
 
 
 def gradient_checks(context: EngineContext) -> Engine:
-    """`Call("check_network" | "check_tape", ...)` -> `GradientCheck`; a network's autodiff runs on the
-    networks engine (its compiled functions are shared)."""
+    """`Call("check_network" | "check_tape" | "check_model", ...)` -> `GradientCheck`; a network's autodiff runs
+    on the networks engine (its compiled functions are shared)."""
     networks = context.engine("networks")
     if not isinstance(networks, NetworkEngine):
         raise TypeError("gradient checks of networks need the networks engine")
-    return Functions({"check_network": functools.partial(check_network, engine=networks), "check_tape": check_tape})
+    return Functions(
+        {
+            "check_network": functools.partial(check_network, engine=networks),
+            "check_tape": check_tape,
+            "check_model": check_model,
+        }
+    )
 
 
 def plots(context: EngineContext) -> Engine:

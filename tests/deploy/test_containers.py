@@ -32,7 +32,9 @@ TOOLS = Path(sys.executable).parent
 DEV_TOOLS = {"pytest", "ruff", "mypy"}
 # kubernetes-validate's oldest schema this project supports, then its newest (its default)
 K8S_VERSIONS = ("1.29.0", None)
-MANIFESTS = ("deployment.yaml", "deployment-gpu.yaml", "service.yaml")
+MANIFESTS = ("deployment.yaml", "deployment-gpu.yaml", "service.yaml", "models-pvc.yaml")
+MODEL_DIR = "/models"
+"""Where every container reads the model repository (TAPESERVE_MODEL_DIR)."""
 GPU_SERVICES = {"tapeserve-gpu0", "tapeserve-gpu1"}
 
 
@@ -202,6 +204,16 @@ def test_dockerignore_admits_exactly_what_the_dockerfile_copies(dockerfile: list
     assert all((ROOT / source).exists() for source in sources)
 
 
+def test_the_image_serves_the_example_model_by_default(dockerfile: list[list[tuple[str, str]]]) -> None:
+    final = dockerfile[-1]
+    env = " ".join(arguments for keyword, arguments in final if keyword == "ENV")
+    assert re.search(rf"\bTAPESERVE_MODEL_DIR={MODEL_DIR}(\s|$)", env)
+    copies = [arguments.split() for keyword, arguments in final if keyword == "COPY"]
+    assert ["models/diabetes", f"{MODEL_DIR}/diabetes"] in copies
+    # what it copies is a repository the service reads: a version folder with a Keras file
+    assert (ROOT / "models" / "diabetes" / "1" / "model.keras").is_file()
+
+
 # ------------------------------------------------- what the image installs
 
 
@@ -319,6 +331,19 @@ def assert_ready_healthcheck(service: dict[str, Any]) -> None:
     assert test[:3] == ["CMD", "python", "-c"]
     ast.parse(test[3])
     assert "http://127.0.0.1:8000/readyz" in test[3]
+
+
+def test_compose_mounts_one_model_repository_read_only_into_every_replica(compose_gpu: dict[str, Any]) -> None:
+    services = compose_gpu["services"]
+    sources = set()
+    for name in ("tapeserve", *sorted(GPU_SERVICES)):
+        replica = services[name]
+        assert replica["environment"]["TAPESERVE_MODEL_DIR"] == MODEL_DIR
+        (mount,) = [volume for volume in replica["volumes"] if volume["target"] == MODEL_DIR]
+        assert mount["type"] == "bind" and mount["read_only"] is True, name
+        sources.add(Path(mount["source"]))
+    assert sources == {ROOT / "models"}, "every replica serves the same repository, by default the example's"
+    assert not any(volume["target"] == MODEL_DIR for volume in services["lb"].get("volumes", []))
 
 
 def test_compose_rejects_an_invalid_file(tmp_path: Path) -> None:
@@ -519,6 +544,21 @@ def test_nginx_holds_a_burst_and_drops_silent_clients(upstream: str, tmp_path: P
     assert seconds(keepalive_timeout) < 5
 
 
+@pytest.mark.parametrize("upstream", ["cpu", "gpu"])
+def test_nginx_passes_every_path_and_its_verb_unchanged(upstream: str, tmp_path: Path) -> None:
+    parsed = inlined(nginx_config(upstream, tmp_path))
+    locations = [d for d in directives(parsed) if d["directive"] == "location"]
+    proxying = [location for location in locations if find(location["block"], "proxy_pass")]
+    # one prefix location for every path, so `/v1/models/diabetes:predict` and its siblings reach a replica;
+    # no regex or exact location that could catch a `:verb` path on its own
+    assert [location["args"] for location in proxying] == [["/"]]
+    assert all(location["args"][0] in {"/"} or location["args"][0].startswith("@") for location in locations)
+    # proxy_pass without a URI part sends the request's own URI (`:` and all) as the client wrote it
+    ((target,),) = find(proxying[0]["block"], "proxy_pass")
+    assert re.fullmatch(r"http://[a-z_-]+", target), target
+    assert not find(parsed, "rewrite") and not find(parsed, "merge_slashes")
+
+
 def drain_bound_s(environment: dict[str, Any]) -> float:
     """The longest a replica may take after SIGTERM: the grace period, then a request's deadline plus 5 s."""
     return float(environment["TAPESERVE_DRAIN_GRACE_S"]) + float(environment["TAPESERVE_TIMEOUT_S"]) + 5
@@ -560,7 +600,7 @@ def test_kubernetes_validate_rejects_a_misspelt_probe(tmp_path: Path) -> None:
 def test_kustomization_lists_the_cpu_deployment_and_the_service() -> None:
     kustomization = manifest("kustomization.yaml")
     assert kustomization["kind"] == "Kustomization"
-    assert kustomization["resources"] == ["deployment.yaml", "service.yaml"]
+    assert kustomization["resources"] == ["deployment.yaml", "service.yaml", "models-pvc.yaml"]
 
 
 def dockerfile_uid() -> int:
@@ -593,13 +633,32 @@ def test_deployment_probes_security_and_settings(name: str) -> None:
     # the root filesystem is read-only, so the image's MPLCONFIGDIR lies on a writable volume
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     (config_dir,) = re.findall(r"\bMPLCONFIGDIR=(\S+)", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
-    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {str(Path(config_dir).parent)}
+    # the only writable mount is that volume; the model repository is mounted read-only (issue 12)
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert set(mounts) == {str(Path(config_dir).parent), env["TAPESERVE_MODEL_DIR"]}
+    assert not mounts[str(Path(config_dir).parent)].get("readOnly", False)
     limits = container["resources"]["limits"]
     if gpu:
         assert limits["nvidia.com/gpu"] == 1
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     else:
         assert "nvidia.com/gpu" not in limits
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_every_pod_mounts_the_model_repository_read_only(name: str) -> None:
+    spec = manifest(name)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["TAPESERVE_MODEL_DIR"] == MODEL_DIR
+    (mount,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == MODEL_DIR]
+    assert mount["readOnly"] is True
+    (volume,) = [volume for volume in spec["volumes"] if volume["name"] == mount["name"]]
+    claim = manifest("models-pvc.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    # one claim for every pod on every node: it must be mountable by many at once, and only for reading
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
 
 
 def test_service_reaches_either_deployment_and_their_selectors_do_not_overlap() -> None:

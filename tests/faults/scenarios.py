@@ -6,6 +6,8 @@
     restarted one again (as a rollout waits for readiness).
 (c) burst: ten times capacity against one replica behind nginx, then normal load again.
 (d) slow clients: slow-loris connections trickling headers and bodies while real requests go on.
+(e) model-repository faults: 3 replicas sharing one model repository, hammered with `:predict` through nginx,
+    while a version is half-written, a corrupt one appears, the serving one is deleted and a new one added.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import uvloop
 
+from tests.faults import repository as model_repository
 from tests.faults.harness import ROOT, Nginx, Replica, ensure_nginx, get, start_replicas
 from tests.faults.traffic import (
     Call,
@@ -51,6 +54,9 @@ class Lengths:
     loris_connections: int
     loris_s: float
     probe_connections: int
+    model_connections: int
+    settle_s: float
+    """How long a half-written version lies in the repository (several of the replicas' polls)."""
 
 
 SHORT = Lengths(
@@ -66,6 +72,8 @@ SHORT = Lengths(
     loris_connections=200,
     loris_s=5,
     probe_connections=4,
+    model_connections=64,
+    settle_s=1.5,
 )
 FULL = Lengths(
     crash_connections=64,
@@ -80,6 +88,8 @@ FULL = Lengths(
     loris_connections=200,
     loris_s=10,
     probe_connections=4,
+    model_connections=64,
+    settle_s=3.0,
 )
 """Capacity here is the 64 connections at which one replica's throughput stops growing (see Performance):
 the burst is ten times that."""
@@ -92,6 +102,8 @@ class Cluster:
     """nginx over every replica."""
     single: Nginx
     """nginx over replicas[0] alone (burst and slow clients)."""
+    models: model_repository.Repository
+    """The model repository every replica serves (read-only for them; the scenarios change it)."""
 
 
 @dataclass
@@ -106,9 +118,12 @@ class Result:
         return phase_stats(self.outcomes, Phase("all", 0, float("inf")), self.retried)
 
 
-def run(coroutine: Awaitable[Result]) -> Result:
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)  # type: ignore[arg-type]
+        return runner.run(coroutine)
 
 
 class Stop:
@@ -313,33 +328,77 @@ async def slow_clients(cluster: Cluster, lengths: Lengths) -> Result:
     return summarize("(d) slow clients, 1 replica", recorder, phases, cluster.single, {"loris": tally})
 
 
-SCENARIOS: dict[str, Callable[[Cluster, Lengths], Awaitable[Result]]] = {
+# ---------------------------------------------------------------------------------------------- (e) models
+AFTER_MARGIN_S = 2.0
+"""Answers this long after every replica reported the last version serving come from it alone (a request
+that started before may still finish on the version before)."""
+
+
+async def model_faults(cluster: Cluster, lengths: Lengths) -> Result:
+    models = cluster.models
+    ports = [replica.port for replica in cluster.replicas]
+    marks: dict[str, Any] = {}
+
+    async def faults(recorder: Recorder) -> None:
+        await asyncio.sleep(lengths.quiet_s)
+        marks["first_fault"] = recorder.now()
+        marks.update(await model_repository.make_faults(models, ports, recorder.now, lengths.settle_s))
+        marks["last_truth"] = recorder.now()
+        await asyncio.sleep(max(lengths.quiet_s, AFTER_MARGIN_S + 1.0))
+
+    recorder = await under_load(cluster.balancer.port, models.calls(), lengths.model_connections, faults)
+    phases = [
+        Phase("before (version 1)", 0, marks["first_fault"]),
+        Phase("during (half-written 2 → 4 serving)", marks["first_fault"], marks["last_truth"]),
+        Phase("after (version 4)", marks["last_truth"], float("inf")),
+    ]
+    origin = recorder.origin
+    marks["versions"] = {
+        phase.name: model_repository.versions_between(models.seen, origin + phase.start, origin + phase.end)
+        for phase in phases
+    }
+    marks["versions_settled"] = model_repository.versions_between(
+        models.seen, origin + marks["last_truth"] + AFTER_MARGIN_S, float("inf")
+    )
+    name = f"(e) model repository faults, 3 replicas, {lengths.model_connections} connections"
+    return summarize(name, recorder, phases, cluster.balancer, marks)
+
+
+SCENARIOS: dict[str, Callable[[Cluster, Lengths], Coroutine[Any, Any, Result]]] = {
     "crash": crash,
     "drain": drain,
     "burst": burst,
     "slow_clients": slow_clients,
+    "model_faults": model_faults,
 }
+"""In this order: the model faults leave a corrupt version in the repository, so they come last."""
 
 
-def replica_env(short: bool) -> dict[str, str]:
-    env = {"TAPESERVE_LOG_LEVEL": "warning", "TAPESERVE_ACCESS_LOG": "false"}
+def replica_env(short: bool, models: Path) -> dict[str, str]:
+    env = {
+        "TAPESERVE_LOG_LEVEL": "warning",
+        "TAPESERVE_ACCESS_LOG": "false",
+        "TAPESERVE_MODEL_DIR": str(models),
+        "TAPESERVE_MODEL_POLL_S": "0.5",
+    }
     if short:
         env |= {"TAPESERVE_DRAIN_GRACE_S": "1", "TAPESERVE_MAX_BATCH_REQUESTS": "8"}
     return env
 
 
 def start_cluster(logs: Path, short: bool, count: int = 3) -> Cluster:
-    """`count` replicas, nginx over all of them and nginx over the first alone."""
+    """`count` replicas sharing one model repository, nginx over all of them and nginx over the first alone."""
     binary = ensure_nginx()
-    replicas = start_replicas(count, replica_env(short), logs)
+    models = model_repository.prepare(logs / "model-repository")
+    replicas = start_replicas(count, replica_env(short, models.root), logs)
     balancer, single = Nginx(binary, [r.address for r in replicas]), Nginx(binary, [replicas[0].address])
     try:
         balancer.start()
         single.start()
     except BaseException:
-        stop_cluster(Cluster(replicas, balancer, single))
+        stop_cluster(Cluster(replicas, balancer, single, models))
         raise
-    return Cluster(replicas, balancer, single)
+    return Cluster(replicas, balancer, single, models)
 
 
 def stop_cluster(cluster: Cluster) -> None:
@@ -366,6 +425,13 @@ def promises(result: Result) -> dict[str, bool]:
         held["RSS bounded (+128 MiB)"] = notes["rss_peak"] <= notes["rss_before"] + 128 * 2**20
         held["normal within 2 s after"] = notes["normal_after_s"] <= 2.0 and set(after.statuses) == {200}
         held["p50 after within 2x before"] = after.p50_ms <= 2 * before.p50_ms
+    elif result.name.startswith("(e)"):
+        held["only 200"] = set(overall.statuses) == {200}
+        held["status told the truth after every fault"] = all(
+            step["truth_after_s"] is not None for step in notes["steps"]
+        )
+        held["every version served in turn"] = set(notes["versions"][result.phases[1].phase]) == {1, 2, 4}
+        held["only version 4 once every replica serves it"] = set(notes["versions_settled"]) == {4}
     else:
         quiet, during, _ = result.phases
         loris = notes["loris"]

@@ -1,7 +1,9 @@
 """The short form of the fault scenarios (the full form: `make bench`), against real replicas behind real nginx
 on loopback. Every request is accounted for, every 200 is checked against numpy, and what each scenario
 promises is asserted: (a) and (b) lose nothing, (c) answers only 200 or 429 + Retry-After with bounded memory
-and is back to normal at once, (d) keeps real requests' latency while slow clients trickle."""
+and is back to normal at once, (d) keeps real requests' latency while slow clients trickle, (e) loses nothing
+while the shared model repository changes under it, every answer wholly one version's. The model verbs
+answer through nginx as they do directly."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import http.client
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -132,3 +135,69 @@ def test_slow_clients_do_not_slow_real_requests(cluster: Cluster) -> None:
     quiet, during, _ = result.phases
     assert not math.isnan(during.p50_ms)
     assert during.p50_ms <= 2 * quiet.p50_ms, (quiet, during)
+
+
+def _ask(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        payload = None if body is None else json.dumps(body)
+        connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _alike(through: Any, direct: Any) -> bool:
+    """The same document, numbers equal to float32 rounding (another replica may have answered)."""
+    if isinstance(direct, dict):
+        return (
+            isinstance(through, dict)
+            and through.keys() == direct.keys()
+            and all(_alike(through[key], direct[key]) for key in direct)
+        )
+    if isinstance(direct, list):
+        return isinstance(through, list) and len(through) == len(direct) and all(map(_alike, through, direct))
+    if isinstance(direct, float):
+        return isinstance(through, int | float) and math.isclose(through, direct, rel_tol=1e-6, abs_tol=1e-9)
+    return bool(through == direct)
+
+
+SEED_PATIENT = {"instances": [[76.0, 120.0, 37.5], [110.0, 160.0, 38.5]]}
+VERB_CALLS = [
+    ("POST", "/v1/models/diabetes:predict", SEED_PATIENT),
+    ("POST", "/v1/models/diabetes/versions/1:predict", {"inputs": {"vitals": [[76.0, 120.0, 37.5]]}}),
+    ("POST", "/v1/models/diabetes:gradients", {**SEED_PATIENT, "class_index": 1, "sources": ["inputs", "variables"]}),
+    ("POST", "/v1/models/diabetes/versions/1:jacobian", SEED_PATIENT),
+    ("GET", "/v1/models/diabetes", None),
+    ("GET", "/v1/models/diabetes/versions/1/metadata", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), VERB_CALLS, ids=[f"{m} {p}" for m, p, _ in VERB_CALLS])
+def test_model_verbs_through_nginx_answer_like_a_direct_call(
+    cluster: Cluster, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    direct_status, direct = _ask(cluster.replicas[0].port, method, path, body)
+    assert direct_status == 200, direct
+    for _ in range(len(cluster.replicas)):  # round robin: every replica once
+        status, through = _ask(cluster.balancer.port, method, path, body)
+        assert status == 200, through
+        assert _alike(through, direct), (through, direct)
+    # the README's numbers: the seed's patient is a coin toss, the second one diabetic
+    if path.endswith("diabetes:predict"):
+        assert [round(p[1], 4) for p in direct["predictions"]] == [0.5116, 0.999]
+    # a verb by GET reaches the replica's router through nginx: its own 405, in problem+json
+    if method == "POST":
+        status, problem = _ask(cluster.balancer.port, "GET", path)
+        assert status == 405 and problem["type"].endswith("/method-not-allowed")
+
+
+def test_model_repository_faults_lose_no_request_and_status_tells_the_truth(cluster: Cluster) -> None:
+    result = scenarios.run(scenarios.model_faults(cluster, SHORT))
+    accounted(result)  # failed counts every answer that is not wholly one servable version's
+    assert set(result.overall().statuses) == {200}, result.overall()
+    for step in result.notes["steps"]:
+        assert step["truth_after_s"] is not None, step
+    held = scenarios.promises(result)
+    assert all(held.values()), (held, result.notes["versions"], result.notes["versions_settled"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from tests import model_repo
-from tests.conftest import make_client, wait_ready
+from tests.model_repo import values as _values
 
 RNG = np.random.default_rng(13)
 TWO = "/v1/models/two:gradients"
@@ -22,34 +21,22 @@ TWO = "/v1/models/two:gradients"
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("gradients") / "models"
-    root.mkdir()
-    model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
-    model_repo.save_quadratic(root)
-    return root
+    return model_repo.two_and_quad(tmp_path_factory, "gradients")
 
 
 @pytest.fixture(scope="module")
 def served(repository: pathlib.Path) -> Iterator[TestClient]:
-    with make_client(model_dir=str(repository), model_poll_s=0, warmup=False) as client:
-        wait_ready(client)
+    with model_repo.serving(repository) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def model(repository: pathlib.Path) -> keras.Model:
-    return keras.saving.load_model(repository / "two" / "1" / "model.keras")
+    return model_repo.load_keras(repository, "two")
 
 
 def _batch(size: int = 4) -> tuple[np.ndarray, np.ndarray]:
     return RNG.normal(size=(size, 2)).astype(np.float32), RNG.normal(size=(size, 3)).astype(np.float32)
-
-
-def _values(tensor: dict[str, Any]) -> np.ndarray:
-    if "b64" in tensor:
-        raw = np.frombuffer(base64.b64decode(tensor["b64"]), dtype=np.dtype(tensor["dtype"]).newbyteorder("<"))
-        return raw.reshape(tensor["shape"])
-    return np.asarray(tensor["values"], dtype=tensor["dtype"])
 
 
 def _tape(model: keras.Model, a: np.ndarray, b: np.ndarray, target: Any, variables: bool = False) -> list[Any]:
@@ -63,10 +50,7 @@ def _tape(model: keras.Model, a: np.ndarray, b: np.ndarray, target: Any, variabl
 
 
 def _post(client: TestClient, body: dict[str, Any], path: str = TWO) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    document: dict[str, Any] = response.json()
-    return document
+    return model_repo.post_ok(client, path, body)
 
 
 def test_an_output_w_r_t_both_named_inputs(served: TestClient, model: keras.Model) -> None:

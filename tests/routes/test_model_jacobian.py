@@ -13,7 +13,6 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from tests import model_repo
-from tests.conftest import make_client, wait_ready
 
 RNG = np.random.default_rng(17)
 TWO = "/v1/models/two:jacobian"
@@ -22,30 +21,22 @@ MAX_ELEMENTS = 5000
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("jacobians") / "models"
-    root.mkdir()
-    model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
-    model_repo.save_quadratic(root)
-    return root
+    return model_repo.two_and_quad(tmp_path_factory, "jacobians")
 
 
 @pytest.fixture(scope="module")
 def served(repository: pathlib.Path) -> Iterator[TestClient]:
-    with make_client(model_dir=str(repository), model_poll_s=0, warmup=False, max_elements=MAX_ELEMENTS) as client:
-        wait_ready(client)
+    with model_repo.serving(repository, max_elements=MAX_ELEMENTS) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def model(repository: pathlib.Path) -> keras.Model:
-    return keras.saving.load_model(repository / "two" / "1" / "model.keras")
+    return model_repo.load_keras(repository, "two")
 
 
 def _post(client: TestClient, body: dict[str, Any], path: str = TWO) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    document: dict[str, Any] = response.json()
-    return document
+    return model_repo.post_ok(client, path, body)
 
 
 def test_batch_jacobians_equal_the_tape_s(served: TestClient, model: keras.Model) -> None:

@@ -14,15 +14,13 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from tests import model_repo
-from tests.conftest import make_client, wait_ready
 
 RNG = np.random.default_rng(11)
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("served") / "models"
-    root.mkdir()
+    root = model_repo.new_repository(tmp_path_factory, "served")
     model_repo.save_keras(model_repo.sequential(1), root, "seq", 1)
     model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
     model_repo.save_quadratic(root)
@@ -36,13 +34,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def served(repository: pathlib.Path) -> Iterator[TestClient]:
-    with make_client(model_dir=str(repository), model_poll_s=0, warmup=False) as client:
-        wait_ready(client)
+    with model_repo.serving(repository) as client:
         yield client
 
 
 def _keras(repository: pathlib.Path, name: str, version: int = 1) -> keras.Model:
-    return keras.saving.load_model(repository / name / str(version) / "model.keras")
+    return model_repo.load_keras(repository, name, version)
 
 
 def _status(client: TestClient, path: str) -> list[dict[str, Any]]:

@@ -1,11 +1,14 @@
 """Hostile requests on every served-model route: each gets its exact 4xx problem+json, naming the field, with
-TF Serving's `error` member; none is a 500, and the model keeps serving."""
+TF Serving's `error` member; none is a 500, and the model keeps serving. Every hostile input of API.md §1 sent
+to `:predict` is sent to `:gradients`, `:jacobian` and `/v1/gradient-check` on the model too (`on_verb`,
+`on_check`), as are the hostile forms of the derivative verbs' own tensors."""
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import model_repo
-from tests.conftest import make_client, wait_ready
+from tests.hostile_case import Hostile as Case
 
 MAX_ELEMENTS = 4096
 MAX_BODY = 256 * 1024
@@ -23,19 +26,6 @@ SEQ_V1 = "/v1/models/seq/versions/1:predict"
 TWO = "/v1/models/two:predict"
 COUNTER = "/v1/models/counter:predict"
 GOOD_ROW = [0.5, -1.0, 2.0, 0.25]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    method: str
-    path: str
-    status: int
-    slug: str
-    body: bytes | None = None
-    content_type: str | None = "application/json"
-    loc: tuple[str | int, ...] | None = None
-    says: str | None = None
 
 
 def post(name: str, path: str, body: Any, status: int, slug: str, **kw: Any) -> Case:
@@ -235,20 +225,273 @@ CASES = [
     get("metadata of a bad version", "/v1/models/seq/versions/-2/metadata", 422, "validation", loc=("path", "version")),
     get("metadata of an unknown version", "/v1/models/seq/versions/3/metadata", 404, "model-not-found"),
     get("a verb by GET", "/v1/models/seq:predict", 405, "method-not-allowed"),  # a POST-only path
+    # the rest of §1's forms
+    post("a NaN string", SEQ, {"instances": [["NaN", 1, 2, 3]]}, 422, "validation", loc=(*INSTANCES, 0, 0)),
+    post(
+        "an Infinity string",
+        SEQ,
+        {"inputs": {"x": [[1, 2, "-Infinity", 4]]}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", 0, 2),
+        says="non-finite",
+    ),
+    raw("number 1e400", SEQ, b'{"instances": [[1e400, 1, 2, 3]]}', 400, "malformed-json", says="infinity"),
+    raw("nested 3000 deep", SEQ, b'{"inputs": ' + b"[" * 3000 + b"1" + b"]" * 3000 + b"}", 400, "malformed-json"),
+    post(
+        "a huge declared shape",
+        SEQ,
+        {"inputs": {"x": {"shape": [100000, 100000], "data": [1]}}},
+        422,
+        "limit-exceeded",
+        loc=(*INPUTS, "x", "shape"),
+        says="TAPESERVE_MAX_ELEMENTS",
+    ),
+    post(
+        "a negative size",
+        SEQ,
+        {"inputs": {"x": {"shape": [-1, 4], "data": GOOD_ROW}}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", "shape"),
+    ),
+    post(
+        "an unknown dtype",
+        SEQ,
+        {"inputs": {"x": {"shape": [1, 4], "dtype": "float16", "b64": b64(np.zeros(4, np.float16))}}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", "dtype"),
+    ),
+    post(
+        "float32 bytes declared float64",
+        SEQ,
+        {"inputs": {"x": {"shape": [1, 4], "dtype": "float64", "b64": b64(np.zeros(4, np.float32))}}},
+        422,
+        "validation",
+        loc=(*INPUTS, "x", "b64"),
+        says="32 bytes",
+    ),
+    post("an empty signature name", SEQ, {"signature_name": "", "instances": [GOOD_ROW]}, 422, "validation"),
 ]
+
+CHECK = "/v1/gradient-check"
+SEQ_GRADIENTS = "/v1/models/seq:gradients"
+SEQ_JACOBIAN = "/v1/models/seq:jacobian"
+ONE = {"inputs": [GOOD_ROW]}
+X2 = {"a": [[1.0, 2.0]], "b": [[1.0, 2.0, 3.0]]}
+CLASS = ("body", "class_index")
+OUTPUT = ("body", "output")
+VERB_CASES = [
+    # the derivative verbs' own tensors and fields, in §1's hostile forms
+    post(
+        "a NaN cotangent",
+        SEQ_GRADIENTS,
+        {**ONE, "output_gradients": [["NaN", 1, 2]]},
+        422,
+        "validation",
+        loc=("body", "output_gradients", 0, 0),
+    ),
+    post(
+        "a cotangent's byte count",
+        SEQ_GRADIENTS,
+        {**ONE, "output_gradients": {"shape": [1, 3], "dtype": "float32", "b64": "AAAA"}},
+        422,
+        "validation",
+        loc=("body", "output_gradients", "b64"),
+    ),
+    post(
+        "a ragged cotangent",
+        SEQ_GRADIENTS,
+        {**ONE, "output_gradients": [[1, 2, 3], [1]]},
+        422,
+        "validation",
+        loc=("body", "output_gradients"),
+    ),
+    *(
+        post(f"a {kind} class", SEQ_GRADIENTS, {**ONE, "class_index": value}, 422, "validation", loc=CLASS)
+        for kind, value in (("boolean", True), ("fractional", 1.5), ("string", "1"))
+    ),
+    raw(
+        "a class beyond int64",
+        SEQ_GRADIENTS,
+        b'{"inputs": [[0.5, -1.0, 2.0, 0.25]], "class_index": 1180591620717411303424}',
+        422,
+        "validation",
+        loc=CLASS,
+    ),
+    post(
+        "a string class in a list",
+        SEQ_GRADIENTS,
+        {**ONE, "class_index": ["1"]},
+        422,
+        "validation",
+        loc=("body", "class_index"),
+    ),
+    post(
+        "fractional labels",
+        SEQ_GRADIENTS,
+        {**ONE, "loss": {"labels": [1.5]}},
+        422,
+        "validation",
+        loc=("body", "loss", "labels"),
+    ),
+    post(
+        "labels out of range",
+        SEQ_GRADIENTS,
+        {**ONE, "loss": {"labels": [3]}},
+        422,
+        "validation",
+        loc=("body", "loss", "labels"),
+        says="[0, 3)",
+    ),
+    post(
+        "non-finite targets",
+        SEQ_GRADIENTS,
+        {**ONE, "loss": {"targets": [[1, 0, "Infinity"]]}},
+        422,
+        "validation",
+        loc=("body", "loss", "targets", 0, 2),
+    ),
+    post(
+        "too many sources",
+        SEQ_GRADIENTS,
+        {**ONE, "sources": ["inputs"] * 2000},
+        422,
+        "validation",
+        loc=("body", "sources"),
+    ),
+    post(
+        "an integer output's gradient",
+        "/v1/models/counter:gradients",
+        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "count"},
+        422,
+        "validation",
+        loc=("body", "output"),
+        says="int64",
+    ),
+    post(
+        "a class per instance, miscounted",
+        SEQ_JACOBIAN,
+        {**ONE, "class_index": [0, 1]},
+        422,
+        "validation",
+        loc=("body", "class_index"),
+    ),
+    post("a negative class", SEQ_JACOBIAN, {**ONE, "class_index": -1}, 422, "validation", loc=("body", "class_index")),
+    post(
+        "an integer input's Jacobian",
+        "/v1/models/counter:jacobian",
+        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "y", "input": "steps"},
+        422,
+        "validation",
+        loc=("body", "input"),
+        says="int64",
+    ),
+    post(
+        "an integer output's Jacobian",
+        "/v1/models/counter:jacobian",
+        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "count", "input": "x"},
+        422,
+        "validation",
+        loc=("body", "output"),
+        says="int64",
+    ),
+    post(
+        "several outputs, none named",
+        "/v1/models/two:gradients",
+        {"inputs": X2},
+        422,
+        "validation",
+        loc=("body", "output"),
+    ),
+    post(
+        "several inputs, none named",
+        "/v1/models/two:jacobian",
+        {"inputs": X2, "output": "risk"},
+        422,
+        "validation",
+        loc=("body", "input"),
+    ),
+]
+
+CHOICES: dict[str, dict[str, dict[str, str]]] = {
+    # what each verb needs beyond the inputs, per model, so that the inputs are what the request gets wrong
+    "gradients": {"two": {"output": "risk"}, "counter": {"output": "y"}, "quad": {"output": "y"}},
+    "jacobian": {
+        "two": {"output": "risk", "input": "a"},
+        "counter": {"output": "y", "input": "x"},
+        "quad": {"output": "y"},
+    },
+}
+MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?:(?P<verb>[a-z]+)$")
+
+
+def _document(case: Case) -> Any:
+    """The case's body as JSON, or None when it is not JSON (a raw case)."""
+    try:  # the standard library's parser: it keeps integers beyond int64 as they are
+        return json.loads(case.body or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def on_verb(case: Case, verb: str) -> Case | None:
+    """A `:predict` case sent to `verb` instead, with what `verb` needs besides the inputs."""
+    match = MODEL_PATH.match(case.path)
+    if match is None or match["verb"] != "predict":
+        return None
+    path = case.path.replace(":predict", f":{verb}")
+    body, document = case.body, _document(case)
+    if isinstance(document, dict) and case.status == 422:
+        body = json.dumps({**CHOICES[verb].get(match["name"], {}), **document}).encode()
+    return Case(
+        f"{verb}: {case.name}", case.method, path, case.status, case.slug, body, case.content_type, case.loc, case.says
+    )
+
+
+def on_check(case: Case) -> Case | None:
+    """A POSTed `:predict` or `:gradients` case sent as `/v1/gradient-check`'s `model` body (the version in the
+    body, the locations under body.model); what only a path or raw bytes can express is left to the routes'
+    own campaigns."""
+    match = MODEL_PATH.match(case.path)
+    document = _document(case)
+    if match is None or match["verb"] not in ("predict", "gradients") or document is None:
+        return None
+    if case.method != "POST" or case.status not in (404, 422):
+        return None
+    version = match["version"]
+    if version is not None and not (version.isdigit() and int(version) > 0):
+        return None  # a path's version, not a body's
+    model: Any = document
+    if isinstance(document, dict):
+        needs = CHOICES["gradients"].get(match["name"], {}) if match["verb"] == "predict" else {}
+        model = {"name": match["name"], **needs, **document}
+        if version is not None:
+            model["version"] = int(version)
+    loc = None if case.loc is None else ("body", "model", *case.loc[1:])
+    body = json.dumps({"model": model}).encode()
+    return Case(f"gradient-check: {case.name}", "POST", CHECK, case.status, case.slug, body, loc=loc, says=case.says)
+
+
+DERIVED = [
+    derived
+    for derived in (
+        *(on_verb(case, verb) for case in CASES for verb in ("gradients", "jacobian")),
+        *(on_check(case) for case in (*CASES, *VERB_CASES)),
+    )
+    if derived is not None
+]
+ALL = [*CASES, *VERB_CASES, *DERIVED]
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    root = tmp_path_factory.mktemp("hostile") / "models"
-    root.mkdir()
+    root = model_repo.new_repository(tmp_path_factory, "hostile")
     model_repo.save_keras(model_repo.sequential(1), root, "seq", 1)
     model_repo.save_keras(model_repo.two_headed(), root, "two", 1)
     model_repo.save_quadratic(root)
     model_repo.save_counter(root)
-    overrides = {"model_dir": str(root), "model_poll_s": 0, "warmup": False}
-    with make_client(max_elements=MAX_ELEMENTS, max_body_bytes=MAX_BODY, **overrides) as client:
-        wait_ready(client)
+    with model_repo.serving(root, max_elements=MAX_ELEMENTS, max_body_bytes=MAX_BODY) as client:
         yield client
 
 
@@ -256,7 +499,7 @@ def _locs(problem: dict[str, Any]) -> list[tuple[Any, ...]]:
     return [tuple(item["loc"]) for item in problem.get("errors") or []]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", ALL, ids=[case.name for case in ALL])
 def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> None:
     headers = {} if case.content_type is None else {"content-type": case.content_type}
     response = hostile.request(case.method, case.path, content=case.body, headers=headers)
@@ -266,7 +509,7 @@ def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> 
     assert problem["type"] == f"https://tapeserve.dev/problems/{case.slug}"
     assert problem["status"] == case.status
     assert "Traceback" not in response.text and len(response.content) < 4096
-    if case.status not in (405, 413):  # answered before any route, by the router or the body limit
+    if case.status not in (405, 413) and case.path.startswith("/v1/models"):  # 405, 413: before any route
         assert problem["error"] == problem["detail"]
     if case.loc is not None:
         assert any(loc[: len(case.loc)] == case.loc for loc in _locs(problem)), (problem, case.loc)
@@ -294,3 +537,19 @@ def test_the_campaign_covers_every_route() -> None:
         path = re.sub(r"/versions/[^/:]+", "/versions/{version}", case.path)
         covered.add(re.sub(r"^/v1/models/[^/:]+", "/v1/models/{name}", path))
     assert shapes <= covered, shapes - covered
+
+
+def test_every_verb_meets_every_hostile_input() -> None:
+    """Each POSTed :predict case comes back on :gradients and :jacobian; each JSON one (with a status the body
+    decides) as a gradient check of the model too."""
+    by_name = {case.name for case in ALL}
+    for case in CASES:
+        if case.method == "POST" and MODEL_PATH.match(case.path):
+            assert {f"gradients: {case.name}", f"jacobian: {case.name}"} <= by_name, case.name
+    checks = [case for case in DERIVED if case.path == CHECK]
+    assert len(checks) >= 40 and {case.status for case in checks} == {404, 422}
+    assert {
+        "gradient-check: a boolean class",
+        "gradient-check: too deep",
+        "gradient-check: unknown signature",
+    } <= by_name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -105,6 +105,10 @@ def check_deadline(stop_at: float | None) -> None:
         raise LimitExceeded("finite differences ran past the request's deadline", ())
 
 
+Evaluate = Callable[[Array], float]
+"""The checked scalar with one source's flat values replaced (a run of the computation)."""
+
+
 @dataclass
 class Differences:
     """Central finite differences of one source: the loss at fl(θₖ + ε) and fl(θₖ − ε) for every element k."""
@@ -148,6 +152,23 @@ class Differences:
             float(np.max(np.abs(self.plus_losses), initial=0.0)), float(np.max(np.abs(self.minus_losses), initial=0.0))
         )
         return float(np.finfo(dtype).eps) * largest / epsilon
+
+
+def rerun_differences(
+    name: str, flat: Array, shape: tuple[int, ...], evaluate: Evaluate, options: CheckOptions
+) -> Differences:
+    """The central differences of one source, `evaluate` run once per perturbed value (two per element)."""
+    differences = Differences.around(name, flat, shape, options.epsilon)
+    for k in range(flat.size):
+        check_deadline(options.stop_at)
+        for value, losses in (
+            (differences.plus[k], differences.plus_losses),
+            (differences.minus[k], differences.minus_losses),
+        ):
+            moved = flat.copy()
+            moved[k] = value
+            losses[k] = evaluate(moved)
+    return differences
 
 
 def source_check(differences: Differences, autodiff: Array, dtype: str, options: CheckOptions) -> SourceCheck:

@@ -20,9 +20,9 @@ from service.compute.gradcheck.checks import (
     TapeCheck,
     check_cap,
     check_claims,
-    check_deadline,
     conclude,
     element_count,
+    rerun_differences,
     source_check,
 )
 from service.compute.gradcheck.results import Array, GradientCheck
@@ -81,20 +81,11 @@ def _differences(
 ) -> Differences:
     """The objective at every perturbation of input `name`, one program run each."""
     original = tape.inputs[name]
-    flat = np.asarray(original.value).reshape(-1)
-    differences = Differences.around(name, flat, shape, options.epsilon)
-    for k in range(flat.size):
-        check_deadline(options.stop_at)
-        for perturbed_value, losses in (
-            (differences.plus[k], differences.plus_losses),
-            (differences.minus[k], differences.minus_losses),
-        ):
-            moved = flat.copy()
-            moved[k] = perturbed_value
-            replaced = dict(tape.inputs)
-            replaced[name] = dataclasses.replace(original, value=moved.reshape(shape))
-            losses[k] = objective(replaced)
-    return differences
+
+    def evaluate(moved: Array) -> float:
+        return objective({**tape.inputs, name: dataclasses.replace(original, value=moved.reshape(shape))})
+
+    return rerun_differences(name, np.asarray(original.value).reshape(-1), shape, evaluate, options)
 
 
 def check_tape(tape: TapeCheck, options: CheckOptions = DEFAULT_OPTIONS) -> GradientCheck:
