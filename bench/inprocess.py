@@ -87,11 +87,15 @@ def canned(app: FastAPI) -> None:
 
     async def replay(scope: Scope, receive: Receive, send: Send) -> None:
         if not answer:
-            answer.extend(await post(real))
-        while (await receive()).get("more_body"):
-            pass
+            await real(scope, receive, record)
+        else:
+            while (await receive()).get("more_body"):
+                pass
         for message in answer:
             await send(message)
+
+    async def record(message: Message) -> None:
+        answer.append(message)
 
     route.app = replay  # type: ignore[attr-defined]
 
@@ -138,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.generic:
 
         async def own_worker(request: Request) -> Worker:
-            return await get_worker(request)
+            worker: Worker = await get_worker(request)
+            return worker
 
         app.dependency_overrides[get_worker] = own_worker
     if args.canned:

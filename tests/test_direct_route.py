@@ -60,7 +60,8 @@ class Delegate:
 
     async def __call__(self, request: Request) -> Worker:
         self.calls += 1
-        return await get_worker(request)
+        worker: Worker = await get_worker(request)
+        return worker
 
 
 def both_ways(app: FastAPI, path: str, root_path: str = "") -> Iterator[tuple[str, Any, Any]]:
