@@ -66,7 +66,7 @@ class Delegate:
 
 def both_ways(app: FastAPI, path: str, root_path: str = "") -> Iterator[tuple[str, Any, Any]]:
     """Each request's answer from the direct route and from FastAPI's generic handler on the same app."""
-    client = TestClient(app, root_path=root_path)
+    client = TestClient(app, root_path=root_path, raise_server_exceptions=False)
     for name, body, headers in REQUESTS:
         direct = answer(client, path, body, headers)
         delegate = Delegate()
@@ -100,6 +100,29 @@ def test_behind_a_root_path_too(app: FastAPI) -> None:
         assert direct == generic, name
         # the answer (problems included) does not depend on where a proxy mounts the service
         assert direct[2] == answer(plain, GRADIENTS, body, headers)[2], name
+
+
+class BrokenWorker:
+    """The app's worker, but for its `run`, which fails as no request could make it."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.settings, self.pinned_device = worker.settings, worker.pinned_device
+
+    async def run(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internal state")
+
+
+def test_an_unexpected_error_is_the_same_500_problem(app: FastAPI) -> None:
+    worker = app.state.worker
+    app.state.worker = BrokenWorker(worker)
+    try:
+        answers = list(both_ways(app, GRADIENTS))
+    finally:
+        app.state.worker = worker
+    for name, direct, generic in answers:
+        assert direct == generic, name
+    assert answers[0][1][0] == 500 and b"secret internal state" not in answers[0][1][2]
+    assert answers[0][1][1]["content-type"] == "application/problem+json"
 
 
 def test_dependency_overrides_are_honoured(app: FastAPI) -> None:
