@@ -37,6 +37,8 @@ PlainValues = Annotated[
 ]
 
 NamedTensors = Annotated[dict[str, TensorIn], Field(title="NamedTensors")]
+NamedBaselines = Annotated[dict[str, TensorIn], Field(title="NamedBaselines")]
+NamedStddevs = Annotated[dict[str, TensorIn], Field(title="NamedStddevs")]
 ClassIndex = Annotated[int, Field(strict=True)]
 """A JSON integer: a boolean, a fraction or a string is not a class (API.md §1)."""
 
@@ -330,13 +332,13 @@ class ExplainRequest(PredictRequest, ExplainFields):
     )
 
     output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
-    baseline: TensorIn | NamedTensors | None = Field(
+    baseline: TensorIn | NamedBaselines | None = Field(
         default=None,
         description="Integrated gradients' starting point b: a Tensor of one instance's shape (for every "
         "instance) or one per instance; with several inputs an object of input name → such a Tensor (an input "
         "left out starts at zeros). Default: zeros.",
     )
-    noise_stddev: TensorIn | NamedTensors | None = Field(
+    noise_stddev: TensorIn | NamedStddevs | None = Field(
         default=None,
         description="SmoothGrad's σ: a number or a Tensor of one instance's shape; with several inputs also an "
         "object of input name → such a value. Default: 0.15 × (max − min) of each instance's own values.",
