@@ -236,3 +236,20 @@ def test_png_of_more_than_16_instances_is_refused(served: TestClient) -> None:
     response = served.post("/v1/models/clf:explain", json=body, headers={"Accept": "image/png"})
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "instances"]
+
+
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad"])
+def test_an_explanations_gradients_pass_as_the_claimed_gradient_of_a_model_check(
+    served: TestClient, method: str
+) -> None:
+    """Signed saliency, and SmoothGrad with σ = 0, are ∂F/∂x per instance: `:gradients` of the explained class,
+    so a model's gradient check takes them, stacked, as its claimed input gradient."""
+    fields = {"absolute": False} if method == "saliency" else {"noise_stddev": 0, "samples": 2}
+    document = explain(served, "clf", {"instances": X.tolist(), "method": method, **fields})
+    classes = [entry["class_index"] for entry in document["explanations"]]
+    claimed = attributions(document, "vitals").tolist()
+    check = {"model": {"name": "clf", "instances": X.tolist(), "class_index": classes}, "claimed": {"vitals": claimed}}
+    answer = model_repo.post_ok(served, "/v1/gradient-check", check)
+    assert answer["passed"], answer
+    wrong = {**check, "claimed": {"vitals": (-np.asarray(claimed)).tolist()}}
+    assert not model_repo.post_ok(served, "/v1/gradient-check", wrong)["passed"]
