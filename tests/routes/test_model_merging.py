@@ -1,5 +1,5 @@
-"""Concurrent :gradients, :jacobian and :explain requests of one served version merge into one call of the worker and
-answer what each answers alone (and what in-process tf.GradientTape gives on its own batch)."""
+"""Concurrent :gradients, :jacobian and :explain requests of one served version merge into one call of the
+worker and answer what each answers alone (and what in-process tf.GradientTape gives on its own batch)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_a_refused_request_does_not_fail_the_others_merged_with_it(repository: p
 @pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
 def test_explanations_merge_and_answer_per_request(client: TestClient, method: str) -> None:
     baseline = {"a": [0.1, -0.2], "b": [0.0, 0.3, -0.1]}
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"instances": _instances(size), "output": "scores", "method": method, "baseline": baseline, "seed": size}
         for size in (1, 3, 2)
     ]
