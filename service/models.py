@@ -291,7 +291,12 @@ class ModelRepository:
         started = time.monotonic()
         self.loads += 1
         try:
-            served = load_version(disk.folder, allow_unsafe_ops=self.settings.allow_unsafe_ops)
+            served = load_version(
+                disk.folder,
+                allow_unsafe_ops=self.settings.allow_unsafe_ops,
+                cache_size=self.settings.function_cache_size,
+                xla=self.settings.xla,
+            )
             warm_up(served)
         except LoadRefused as refused:
             self._fail(record, refused.code, refused.message)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.compute.errors import ComputeError, LimitExceeded
+from service.compute.errors import ComputeError, JobFailed, LimitExceeded
 from service.errors import DeadlineExceeded, QueueFull, ServiceError
 from service.settings import Settings
 
@@ -45,7 +45,8 @@ class Engine(Protocol):
         Called in the lane's thread; it must not raise."""
 
     def run(self, jobs: Sequence[Any]) -> Sequence[Any]:
-        """One result per job, in order. An exception answers every job of the call."""
+        """One result per job, in order. An exception answers every job of the call; a `JobFailed` result
+        answers its own job with its error."""
 
 
 class EngineContext(Protocol):
@@ -529,7 +530,10 @@ def _resolve(future: asyncio.Future[Any], outcome: Any, error: BaseException | N
 
 def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, outcome in answers:
-        _resolve(future, outcome, None)
+        if isinstance(outcome, JobFailed):
+            _resolve(future, None, _translate(outcome.error))
+        else:
+            _resolve(future, outcome, None)
 
 
 def _translate(error: BaseException) -> BaseException:

@@ -65,3 +65,13 @@ class NonPersistentTapeError(TapeSemanticsError):
 
 class ProgramLimitExceeded(ProgramError, LimitExceeded):
     """A /v1/tape program line is too deeply nested, or would create an intermediate above the limits."""
+
+
+class JobFailed:
+    """A result of an engine's merged `run` that answers its one job with `error`, while the other jobs of the
+    call keep their answers (the worker raises it for that job's request alone)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -16,8 +16,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from service.compute.models.compiled import FunctionCache, Graph, run_graph
 from service.compute.models.spec import (
     DEFAULT_SIGNATURE,
+    FLOAT_DTYPES,
     SERVED_DTYPES,
     UNSAFE_OPS,
     LoadRefused,
@@ -62,28 +64,46 @@ class ServedModel:
     variable_names: dict[str, list[str]]
     handle: Any
     """The Keras model or the loaded SavedModel object, kept alive with the version."""
-    functions: dict[Any, Any] = field(default_factory=dict)
+    functions: FunctionCache = field(default_factory=FunctionCache)
     """Compiled functions of this version (dropped with it)."""
 
+    def rows(self, signature: str, inputs: dict[str, np.ndarray]) -> int | None:
+        """The batch size of `inputs` when its instances are independent (bucketed and merged), else None."""
+        from service.compute.models.engine import mergeable  # noqa: PLC0415  (the engine imports this module)
+
+        return mergeable(self, self.signatures[signature], inputs)
+
+    def xla(self, signature: str) -> bool:
+        """Whether the signature's bucketed functions may be XLA-compiled: float inputs only (an integer input
+        indexes, and XLA clamps an index out of range where TensorFlow's kernels refuse it)."""
+        return all(info.dtype in FLOAT_DTYPES for info in self.signatures[signature].inputs.values())
+
     def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The signature's outputs on a batch, through one compiled function per signature."""
-        key = ("predict", signature)
-        function = self.functions.get(key)
-        if function is None:
-            function = self.functions[key] = tf.function(self.calls[signature], reduce_retracing=True)
-        outputs = function({name: tf.constant(value) for name, value in inputs.items()})
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        """The signature's outputs on a batch, through the version's compiled functions."""
+        call = self.calls[signature]
 
+        def build(padded: bool) -> Graph:
+            def graph(values: dict[str, Any], extras: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                return call(values), {}
 
-WARM_UP_BATCHES = (1, 2)
-"""Batch sizes every batched signature runs once before its version serves: the second size makes the
-compiled function take any batch size, so no request traces."""
+            return graph
+
+        rows = self.rows(signature, inputs)
+        outputs, _ = run_graph(
+            self.functions, ("predict", signature), build, inputs=inputs, extras={}, rows=rows, xla=self.xla(signature)
+        )
+        return outputs
 
 
 def warm_up(served: ServedModel) -> None:
-    """Run every signature on zeros of its inputs' shapes (unknown dimensions 1; batch sizes
-    `WARM_UP_BATCHES` when it is batched), so the version's first request is as fast as its tenth.
-    A signature that fails on zeros of its own shapes is a load error."""
+    """Run every verb's common form on zeros of each signature's input shapes (unknown dimensions 1), so the
+    version's first request is as fast as its tenth: predict, the gradients of the only (or first) float
+    output w.r.t. every float input (the function every target but a loss uses), and its Jacobian w.r.t. the
+    only input. A bucketed signature warms its smallest bucket (which every small request and merged burst
+    of them runs as), an exact one two batch sizes (so its function takes any). A signature that fails to
+    predict on zeros of its own shapes is a load error; the derivatives are warmed where they apply."""
+    from service.compute.models.verbs import warm_derivatives  # noqa: PLC0415  (it imports this module)
+
     for name, signature in served.signatures.items():
         if any(info.shape is None for info in signature.inputs.values()):
             continue  # an unknown rank: no shape to warm up with
@@ -105,6 +125,14 @@ def warm_up(served: ServedModel) -> None:
                 raise LoadRefused(
                     canonical_code(error), f"signature {name!r} fails on zeros of its input shapes: {first_line}"
                 ) from error
+            warm_derivatives(served, name, zeros)
+            if served.rows(name, zeros) is not None:
+                break  # one bucket holds both sizes
+
+
+WARM_UP_BATCHES = (1, 2)
+"""Batch sizes an exact batched signature runs once before its version serves: the second size makes the
+compiled function take any batch size, so no request traces."""
 
 
 def canonical_code(error: BaseException) -> str:
@@ -114,18 +142,26 @@ def canonical_code(error: BaseException) -> str:
     return "INVALID_ARGUMENT"
 
 
-def load_version(folder: pathlib.Path, *, allow_unsafe_ops: bool = False) -> ServedModel:
-    """The model in a version folder; `LoadRefused` says why it cannot be served."""
+def load_version(
+    folder: pathlib.Path, *, allow_unsafe_ops: bool = False, cache_size: int = 128, xla: bool = True
+) -> ServedModel:
+    """The model in a version folder; `LoadRefused` says why it cannot be served. Its compiled functions are
+    kept in a cache of `cache_size`, bucketed ones XLA-compiled if `xla`."""
     try:
         if (folder / KERAS_FILE).is_file():
-            return _load_keras(folder / KERAS_FILE)
-        if (folder / SAVED_MODEL_FILE).is_file():
-            return _load_saved_model(folder, allow_unsafe_ops)
+            served = _load_keras(folder / KERAS_FILE)
+        elif (folder / SAVED_MODEL_FILE).is_file():
+            served = _load_saved_model(folder, allow_unsafe_ops)
+        else:
+            served = None
     except LoadRefused:
         raise
     except Exception as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LoadRefused(canonical_code(error), f"cannot load {folder.name}: {first_line}") from error
+    if served is not None:
+        served.functions = FunctionCache(cache_size, xla)
+        return served
     raise LoadRefused("NOT_FOUND", f"{folder.name} holds neither {SAVED_MODEL_FILE} nor {KERAS_FILE}")
 
 
