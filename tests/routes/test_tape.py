@@ -13,7 +13,10 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from schemas.tape import SEED_TAPE_REQUEST, TapeResponse
+from service.routes import tape as tape_routes
+from tests.blocking import BlockedWorker
 from tests.compute.test_program_security import BOMBS, ESCAPES
+from tests.conftest import make_client
 
 
 def values(tensor: dict[str, Any]) -> np.ndarray:
@@ -298,3 +301,19 @@ def test_an_integer_tensor_to_a_negative_power_is_tensorflows_422(client: TestCl
         tf.constant([2, 3]) ** -1
     document = problem(client, {"inputs": {}, "program": "a = tf.constant([2, 3]) ** -1"}, "program")
     assert document["detail"].endswith("InvalidArgumentError: Integers to negative integer powers are not allowed")
+
+
+def test_ops_answers_while_the_queue_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op table is read during warm-up, so a worker whose queue is full still lists the ops."""
+    monkeypatch.setattr(tape_routes, "_OPS", [])  # as in a fresh process
+    with make_client(queue_limit=1) as fresh:
+        blocked = BlockedWorker(fresh)
+        blocked.occupy()
+        blocked.enqueue(1)
+        try:
+            assert fresh.post("/v1/tape", json=SEED_TAPE_REQUEST).status_code == 429
+            answer = fresh.get("/v1/ops")
+            assert answer.status_code == 200
+            assert "reduce_sum" in {op["name"] for op in answer.json()["ops"]}
+        finally:
+            blocked.release.set()
