@@ -1,4 +1,4 @@
-"""`make bench-explain`: explanations of a posted network, side by side in one run.
+"""`make bench-explain`: explanations of a posted network and of the example served model, side by side in one run.
 
 * Small requests: one instance, integrated gradients with 50 steps, against /v1/networks/gradients on the same
   network (sequential requests over one kept-alive connection, alternating, medians).
@@ -6,7 +6,9 @@
   loop written as TensorFlow's integrated-gradients tutorial writes it (a loop over instances, batches of
   interpolation steps) and (b) the same computation as one batched in-process `tf.function`.
 
-Networks: the seed's softmax layer (3 → 2) and a 3 → 64 → 64 → 2 tanh network. Run under the bench lock.
+Networks: the seed's softmax layer (3 → 2) and a 3 → 64 → 64 → 2 tanh network; and the repository's example
+model `diabetes` through `:explain` (small requests against its `:gradients`, bulk against the same in-process
+references on the model loaded in the bench's process). Run under the bench lock.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ NETWORKS: dict[str, tuple[list[np.ndarray], list[str]]] = {
     "seed softmax 3→2": ([np.array(SEED_WEIGHTS)], ["softmax"]),
     "tanh 3→64→64→2": (MLP, ["tanh", "tanh", "softmax"]),
 }
+EXAMPLE = "served diabetes (norm → 8 relu → 2)"
+EXAMPLE_MODEL = "models/diabetes/1/model.keras"
+MODEL_PATH = "/v1/models/diabetes"
 PATIENTS = np.column_stack(
     [rng.normal(76, 10, INSTANCES), rng.normal(120, 15, INSTANCES), rng.normal(37.0, 0.5, INSTANCES)]
 )
@@ -52,19 +57,26 @@ def timed(client: httpx.Client, path: str, document: dict[str, Any]) -> float:
     return elapsed
 
 
+def alternate(
+    client: httpx.Client, first: tuple[str, dict[str, Any]], second: tuple[str, dict[str, Any]]
+) -> tuple[float, float]:
+    """Median latencies of two requests sent in turn, after warming both."""
+    for _ in range(20):  # warm both paths (compiles, caches)
+        timed(client, *first)
+        timed(client, *second)
+    firsts, seconds = [], []
+    for _ in range(300):
+        firsts.append(timed(client, *first))
+        seconds.append(timed(client, *second))
+    return statistics.median(firsts), statistics.median(seconds)
+
+
 def small_requests(
     client: httpx.Client, weights: Sequence[np.ndarray], activations: Sequence[str]
 ) -> tuple[float, float]:
     explain = {**body(weights, activations, SEED_FEATURES), "steps": STEPS}
     gradients = {**body(weights, activations, SEED_FEATURES), "labels": 1}
-    for _ in range(20):  # warm both paths (compiles, caches)
-        timed(client, "/v1/networks/explanations", explain)
-        timed(client, "/v1/networks/gradients", gradients)
-    explained, plain = [], []
-    for _ in range(300):
-        explained.append(timed(client, "/v1/networks/explanations", explain))
-        plain.append(timed(client, "/v1/networks/gradients", gradients))
-    return statistics.median(explained), statistics.median(plain)
+    return alternate(client, ("/v1/networks/explanations", explain), ("/v1/networks/gradients", gradients))
 
 
 def forward_fn(weights: Sequence[np.ndarray], activations: Sequence[str]) -> Callable[[Any], Any]:
@@ -138,15 +150,16 @@ def best_of(runs: int, fn: Callable[[], Any]) -> float:
     return statistics.median(times)
 
 
-def bulk(client: httpx.Client, name: str) -> dict[str, float]:
-    weights, activations = NETWORKS[name]
-    document = {**body(weights, activations, PATIENTS.tolist()), "steps": STEPS, "response_encoding": "b64"}
-    forward = forward_fn(weights, activations)
-    batched = batched_function(forward)
-    served = client.post("/v1/networks/explanations", json=document).json()
+def bulk(
+    client: httpx.Client, path: str, document: dict[str, Any], forward: Callable[[Any], Any], answer_key: str
+) -> dict[str, float]:
+    """The service's answer to `document` at `path` (attributions under `answer_key`), checked against the
+    in-process references, then timed against them."""
     import base64
 
-    first = served["explanations"][0]["attributions"]["features"]
+    batched = batched_function(forward)
+    served = client.post(path, json=document).json()
+    first = served["explanations"][0]["attributions"][answer_key]
     reference = batched(PATIENTS[:1])
     check = np.frombuffer(base64.b64decode(first["b64"]), np.float32)
     np.testing.assert_allclose(check, reference[0], rtol=2e-3, atol=1e-5)
@@ -154,13 +167,45 @@ def bulk(client: httpx.Client, name: str) -> dict[str, float]:
     # alternating rounds, medians: the machine's other load hits both sides alike
     service, in_process = [], []
     for _ in range(7):
-        service.append(timed(client, "/v1/networks/explanations", document))
+        service.append(timed(client, path, document))
         in_process.append(best_of(1, lambda: batched(PATIENTS)))
     return {
         "service": statistics.median(service),
         "tutorial loop": best_of(1, lambda: tutorial_loop(forward, PATIENTS)),
         "one tf.function": statistics.median(in_process),
     }
+
+
+def network_bulk(client: httpx.Client, name: str) -> dict[str, float]:
+    weights, activations = NETWORKS[name]
+    document = {**body(weights, activations, PATIENTS.tolist()), "steps": STEPS, "response_encoding": "b64"}
+    return bulk(client, "/v1/networks/explanations", document, forward_fn(weights, activations), "features")
+
+
+def model_bulk(client: httpx.Client) -> dict[str, float]:
+    """The example model: `:explain` of 1,024 patients against the same references on the model in process."""
+    import keras
+
+    model = keras.saving.load_model(EXAMPLE_MODEL)
+    document = {"instances": PATIENTS.tolist(), "steps": STEPS, "response_encoding": "b64"}
+    return bulk(client, f"{MODEL_PATH}:explain", document, lambda x: model(x, training=False), "vitals")
+
+
+def model_small_requests(client: httpx.Client) -> tuple[float, float]:
+    """One patient: `:explain` (IG, 50 steps) against `:gradients` of the explained class, alternating."""
+    explain = {"instances": [SEED_FEATURES], "steps": STEPS}
+    gradients = {"instances": [SEED_FEATURES], "class_index": 1}
+    return alternate(client, (f"{MODEL_PATH}:explain", explain), (f"{MODEL_PATH}:gradients", gradients))
+
+
+def bulk_lines(label: str, times: dict[str, float]) -> list[str]:
+    head = f"| IG {STEPS} steps × {INSTANCES:,} instances, end to end vs"
+    served, loop, function = times["service"], times["tutorial loop"], times["one tf.function"]
+    return [
+        f"{head} tutorial loop | {label} | {served * 1e3:.0f} ms | {loop * 1e3:.0f} ms | {loop / served:.2f}× faster |",
+        f"{head} one tf.function | {label} | {served * 1e3:.0f} ms | {function * 1e3:.0f} ms | "
+        f"{served / function:.2f}× its time |",
+    ]
 
 
 def main() -> int:
@@ -176,18 +221,14 @@ def main() -> int:
                 f"| 1 instance, IG {STEPS} steps vs /v1/networks/gradients (median latency) | {name} | "
                 f"{explained * 1e3:.2f} ms | {plain * 1e3:.2f} ms | {explained / plain:.2f}× |"
             )
+        explained, plain = model_small_requests(client)
+        lines.append(
+            f"| 1 instance, IG {STEPS} steps vs the model's :gradients (median latency) | {EXAMPLE} | "
+            f"{explained * 1e3:.2f} ms | {plain * 1e3:.2f} ms | {explained / plain:.2f}× |"
+        )
         for name in NETWORKS:
-            times = bulk(client, name)
-            for other in ("tutorial loop", "one tf.function"):
-                lines.append(
-                    f"| IG {STEPS} steps × {INSTANCES:,} instances, end to end vs {other} | {name} | "
-                    f"{times['service'] * 1e3:.0f} ms | {times[other] * 1e3:.0f} ms | "
-                    f"{times[other] / times['service']:.2f}× faster |"
-                    if other == "tutorial loop"
-                    else f"| IG {STEPS} steps × {INSTANCES:,} instances, end to end vs {other} | {name} | "
-                    f"{times['service'] * 1e3:.0f} ms | {times[other] * 1e3:.0f} ms | "
-                    f"{times['service'] / times[other]:.2f}× its time |"
-                )
+            lines.extend(bulk_lines(name, network_bulk(client, name)))
+        lines.extend(bulk_lines(EXAMPLE, model_bulk(client)))
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SkipValidation, WithJsonSchema, model_validator
 
+from schemas.explain import SEED_FEATURE_NAMES, ExplainFields, ExplanationResponse
 from schemas.tensors import TensorIn, TensorOut
 from service.vocabulary import EncodingName, LossName, ReductionName
 
@@ -36,6 +37,8 @@ PlainValues = Annotated[
 ]
 
 NamedTensors = Annotated[dict[str, TensorIn], Field(title="NamedTensors")]
+NamedBaselines = Annotated[dict[str, TensorIn], Field(title="NamedBaselines")]
+NamedStddevs = Annotated[dict[str, TensorIn], Field(title="NamedStddevs")]
 ClassIndex = Annotated[int, Field(strict=True)]
 """A JSON integer: a boolean, a fraction or a string is not a class (API.md §1)."""
 
@@ -306,3 +309,49 @@ class JacobianResponse(BaseModel):
     device: str
     outputs: dict[str, TensorOut]
     jacobian: TensorOut = Field(description="(batch, *output_shape, *input_shape), or (batch, *input_shape).")
+
+
+# ---------------------------------------------------------------------------------------------- :explain
+
+
+class ExplainRequest(PredictRequest, ExplainFields):
+    """Attributions of the served model's prediction (API.md §10): F is the selected class of `output`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "instances": [list(SEED_INSTANCE)],
+                    "feature_names": list(SEED_FEATURE_NAMES),
+                    "method": "integrated_gradients",
+                    "steps": 50,
+                }
+            ]
+        },
+    )
+
+    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    baseline: TensorIn | NamedBaselines | None = Field(
+        default=None,
+        description="Integrated gradients' starting point b: a Tensor of one instance's shape (for every "
+        "instance) or one per instance; with several inputs an object of input name → such a Tensor (an input "
+        "left out starts at zeros). Default: zeros.",
+    )
+    noise_stddev: TensorIn | NamedStddevs | None = Field(
+        default=None,
+        description="SmoothGrad's σ: a number or a Tensor of one instance's shape; with several inputs also an "
+        "object of input name → such a value. Default: 0.15 × (max − min) of each instance's own values.",
+    )
+    feature_names: list[str] | None = Field(
+        default=None,
+        max_length=4096,
+        description="One name per attributed value (every input's values flattened, in the signature's input "
+        "order), echoed in the answer and used as the PNG's bar labels (default: input[index]).",
+    )
+
+
+class ModelExplanationResponse(ExplanationResponse):
+    """KServe's `:explain` answer with the served model's `model_spec`; attributions by input name."""
+
+    model_spec: ModelSpec

@@ -43,10 +43,12 @@ async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
         headers.append((b"authorization", f"Bearer {settings.api_key_list[0]}".encode()))
     plain = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
     # several rounds: Python 3.11 specialises bytecode only after a few runs of the same path
-    for body in [codec.render(SEED_REQUEST), codec.render(plain)] * WARM_UP_ROUNDS:
-        status = await call_self(app, "POST", "/v1/networks/gradients", body, headers)
+    seeds = [("POST", "/v1/networks/gradients", body) for body in [codec.render(SEED_REQUEST), codec.render(plain)]]
+    # the op table is read in the worker once: read before ready, a full queue cannot refuse it later
+    for method, path, body in [*seeds * WARM_UP_ROUNDS, ("GET", "/v1/ops", b"")]:
+        status = await call_self(app, method, path, body, headers)
         if status != 200:
-            logger.warning("a warm-up request answered %s", status)
+            logger.warning("a warm-up request to %s answered %s", path, status)
     app.state.http_warm = True
 
 

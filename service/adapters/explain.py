@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pybase64
 
-from schemas.explain import MAX_PANELS, NetworkExplanationRequest
+from schemas.explain import MAX_PANELS, ExplainFields, NetworkExplanationRequest
 from service import codec
 from service.adapters.errors import located
 from service.compute.explain.network import prepare_network_explanation
@@ -17,7 +17,8 @@ from service.compute.explain.prepare import Array, ExplainOptions, NetworkExplan
 from service.errors import ValidationFailed
 
 
-def _options(body: NetworkExplanationRequest) -> ExplainOptions:
+def explain_options(body: ExplainFields) -> ExplainOptions:
+    """The method fields of a §10 body."""
     return ExplainOptions(
         method=body.method,
         integration=body.integration,
@@ -45,7 +46,7 @@ def decode_network_explanation(
             alphas=[layer.alpha for layer in body.layers],
             bias=body.bias,
             dtype=body.dtype,
-            options=_options(body),
+            options=explain_options(body),
             class_index=body.class_index,
             baseline=None if body.baseline is None else tensor(body.baseline, "baseline"),
             noise_stddev=None
@@ -98,21 +99,29 @@ def _numbers(array: Array) -> list[float | str]:
     return [_number(value) for value in array]
 
 
-def encode_explanation(
-    job: NetworkExplanation,
+def encode_attributions(
     result: Any,
+    names: Sequence[str],
     *,
+    method: str,
     device: str,
     dtype: str,
     feature_names: Sequence[str] | None,
     encoding: codec.Encoding,
+    single: bool = False,
 ) -> dict[str, Any]:
-    """KServe's `:explain` shape (API.md §10); numbers as plain JSON numbers, tensors as §1."""
-    predictions = result.predictions[0] if job.single else result.predictions
-    attributions = _instance_tensors(result.attributions[0], encoding)
+    """KServe's `:explain` shape (API.md §10), attributions by input name; numbers as plain JSON numbers,
+    tensors as §1. `single`: the request sent one instance without its axis, so `predictions` drops it."""
+    predictions = result.predictions[0] if single else result.predictions
+    attributions = [_instance_tensors(array, encoding) for array in result.attributions]
     prediction = _numbers(result.prediction)
     explanations = [
-        {"instance": n, "class_index": k, "prediction": prediction[n], "attributions": {"features": attributions[n]}}
+        {
+            "instance": n,
+            "class_index": k,
+            "prediction": prediction[n],
+            "attributions": {name: tensors[n] for name, tensors in zip(names, attributions, strict=True)},
+        }
         for n, k in enumerate(result.classes.tolist())
     ]
     if result.convergence_delta is not None:
@@ -123,7 +132,7 @@ def encode_explanation(
             entry["convergence_delta"] = delta
     document: dict[str, Any] = {
         "device": device,
-        "method": job.evaluation.method,
+        "method": method,
         "dtype": dtype,
         "predictions": codec.encode(predictions, encoding),
     }
@@ -133,14 +142,43 @@ def encode_explanation(
     return document
 
 
+def encode_explanation(
+    job: NetworkExplanation,
+    result: Any,
+    *,
+    device: str,
+    dtype: str,
+    feature_names: Sequence[str] | None,
+    encoding: codec.Encoding,
+) -> dict[str, Any]:
+    """A posted network's answer: `encode_attributions` with its one input, `features`."""
+    return encode_attributions(
+        result,
+        ["features"],
+        method=job.evaluation.method,
+        device=device,
+        dtype=dtype,
+        feature_names=feature_names,
+        encoding=encoding,
+        single=job.single,
+    )
+
+
 def plot_arguments(job: NetworkExplanation, result: Any, feature_names: Sequence[str] | None) -> dict[str, Any]:
     """What `plot_attributions` draws: bars labelled with the feature names (x1…xn without them)."""
     features = job.attribution.inputs[0].shape[-1]
+    names = list(feature_names) if feature_names is not None else [f"x{i + 1}" for i in range(features)]
+    return attribution_plot(result, names, job.evaluation.method)
+
+
+def attribution_plot(result: Any, names: Sequence[str], method: str) -> dict[str, Any]:
+    """`plot_attributions`' arguments: one panel per instance, every input's attributions flattened in order."""
+    count = len(result.classes)
     return {
-        "attributions": result.attributions[0],
-        "names": list(feature_names) if feature_names is not None else [f"x{i + 1}" for i in range(features)],
+        "attributions": np.concatenate([np.reshape(array, (count, -1)) for array in result.attributions], axis=1),
+        "names": list(names),
         "classes": [int(k) for k in result.classes],
         "predictions": [float(p) for p in result.prediction],
-        "method": job.evaluation.method,
+        "method": method,
         "deltas": None if result.convergence_delta is None else [float(d) for d in result.convergence_delta],
     }

@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from schemas.models import GradientsRequest, JacobianRequest, PredictRequest
+from schemas.models import ExplainRequest, GradientsRequest, JacobianRequest, PredictRequest
 from service import codec
-from service.compute.models.engine import GradientsJob, JacobianJob, Outputs, PredictJob, mergeable
+from service.adapters.errors import located
+from service.adapters.explain import encode_attributions, explain_options
+from service.compute.explain.prepare import attribution_inputs, evaluation
+from service.compute.models.engine import ExplainJob, GradientsJob, JacobianJob, Outputs, PredictJob, mergeable
 from service.compute.models.spec import FLOAT_DTYPES, GradientRequest, SignatureInfo, TargetKind, TensorInfo
 from service.errors import Loc, ModelNotFound, ValidationFailed, format_loc
 from service.models import Lease, ModelRepository, VersionStatus
@@ -263,7 +266,7 @@ def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- :gradients
 
 
-def _output(body: GradientsRequest | JacobianRequest, signature: SignatureInfo) -> TensorInfo:
+def _output(body: GradientsRequest | JacobianRequest | ExplainRequest, signature: SignatureInfo) -> TensorInfo:
     names = list(signature.outputs)
     if body.output is None:
         if len(names) != 1:
@@ -431,3 +434,98 @@ def encode_jacobian(lease: Lease, job: JacobianJob, result: Any, device: str, en
         "outputs": {name: codec.encode(value, encoding) for name, value in sorted(outputs.items())},
         "jacobian": codec.encode(found, encoding),
     }
+
+
+# ---------------------------------------------------------------------------------------------- :explain
+
+
+def _named(value: Any, names: list[str], field: str, max_elements: int, dtype: str) -> dict[str, np.ndarray | None]:
+    """A per-input field: one Tensor for a single input, or an object of input name → Tensor."""
+    loc: Loc = ("body", field)
+    if value is None:
+        return dict.fromkeys(names)
+    is_tensor_object = isinstance(value, dict) and "shape" in value and set(value) <= _TENSOR_KEYS
+    if not isinstance(value, dict) or is_tensor_object:
+        if len(names) != 1 and not (field == "noise_stddev" and not isinstance(value, dict | list)):
+            raise ValidationFailed.at(
+                loc, f"the signature has inputs {', '.join(map(repr, names))}: {field} must be an object naming them"
+            )
+        decoded = codec.decode(value, loc, max_elements=max_elements, dtype=dtype)
+        return dict.fromkeys(names, decoded)
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValidationFailed.at((*loc, unknown[0]), f"the signature has no input {unknown[0]!r}")
+    return {
+        name: None
+        if name not in value
+        else codec.decode(value[name], (*loc, name), max_elements=max_elements, dtype=dtype)
+        for name in names
+    }
+
+
+def _feature_names(body: ExplainRequest, inputs: dict[str, np.ndarray]) -> list[str]:
+    """One label per attributed value: the request's, or input[index] (the input's name alone for a scalar)."""
+    labels = [
+        name if value.ndim == 1 else f"{name}[{', '.join(map(str, index))}]"
+        for name, value in inputs.items()
+        for index in np.ndindex(*value.shape[1:])
+    ]
+    if body.feature_names is not None and len(body.feature_names) != len(labels):
+        raise ValidationFailed.at(
+            ("body", "feature_names"), f"{len(body.feature_names)} feature names for {len(labels)} attributed values"
+        )
+    return labels if body.feature_names is None else list(body.feature_names)
+
+
+def decode_explain(body: ExplainRequest, lease: Lease, max_elements: int) -> tuple[ExplainJob, list[str]]:
+    """The engine's job for an `:explain` body (and the bar labels), checked against the signature and §10."""
+    signature = _signature(body, lease)
+    inputs, loc = _inputs(body, signature, max_elements)
+    output = _output(body, signature)
+    _differentiable(output, ("body", "output"), "output")
+    if output.shape is not None and (not output.batched or len(output.shape) > 2):
+        raise ValidationFailed.at(
+            ("body", "output"), f"output {output.name!r} must be (batch,) or (batch, classes) to be explained"
+        )
+    for info in signature.inputs.values():
+        _differentiable(info, (*loc, info.name), "input")
+    dtypes = {value.dtype.name for value in inputs.values()}
+    if len(dtypes) != 1:
+        raise ValidationFailed.at(loc, f"the inputs have dtypes {sorted(dtypes)}: an explanation needs one")
+    (dtype,) = dtypes
+    names = list(inputs)
+    with located():
+        evaluated = evaluation(explain_options(body), dtype)
+        units = output.shape[-1] if output.shape is not None and len(output.shape) == 2 else 1
+        attribution = attribution_inputs(
+            inputs,
+            evaluated,
+            single=False,
+            units=units if units is not None else 1 << 31,
+            class_index=body.class_index,
+            baseline=_named(body.baseline, names, "baseline", max_elements, dtype),
+            noise_stddev=_named(body.noise_stddev, names, "noise_stddev", max_elements, "float64"),
+            seed=body.seed,
+            max_elements=max_elements,
+        )
+    job = ExplainJob(
+        lease.served, signature.name, inputs, output.name, evaluated, attribution, max_elements, tuple(loc)
+    )
+    return job, _feature_names(body, inputs)
+
+
+def encode_explain(lease: Lease, job: ExplainJob, result: Any, device: str, body: ExplainRequest) -> dict[str, Any]:
+    """KServe's `:explain` answer with the version's `model_spec`; attributions by input name."""
+    document = {
+        "model_spec": {"name": lease.name, "version": str(lease.number), "signature_name": job.signature},
+        **encode_attributions(
+            result,
+            list(job.inputs),
+            method=job.evaluation.method,
+            device=device,
+            dtype=next(iter(job.inputs.values())).dtype.name,
+            feature_names=body.feature_names,
+            encoding=body.response_encoding,
+        ),
+    }
+    return document

@@ -6,17 +6,21 @@ where TF Serving's clients read the message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
+from schemas.explain import MAX_PANELS
 from schemas.models import (
+    ExplainRequest,
     GradientsRequest,
     GradientsResponse,
     JacobianRequest,
     JacobianResponse,
+    ModelExplanationResponse,
     ModelList,
     ModelMetadata,
     ModelStatus,
@@ -25,10 +29,16 @@ from schemas.models import (
 )
 from schemas.problems import PROBLEM_RESPONSES, problem_responses
 from service.adapters import models as adapt
+from service.adapters.explain import attribution_plot
+from service.adapters.plots import etag
 from service.deps import ModelsDep, SettingsDep, WorkerDep
-from service.errors import InternalError, as_service_error
+from service.engines import Call
+from service.errors import InternalError, ValidationFailed, as_service_error
 from service.http import JSONBody, JSONBytesResponse, StrictJSONRoute, json_response
-from service.models import ModelRepository
+from service.models import Lease, ModelRepository
+from service.routes.explanations import RESPONSES as EXPLANATION_RESPONSES
+from service.routes.explanations import wants_png
+from service.settings import Settings
 from service.worker import Worker
 
 
@@ -67,7 +77,6 @@ class SegmentConvertor(Convertor[str]):
 register_url_convertor("segment", SegmentConvertor())
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TFServingRoute)
 
-PREDICT_BODY = JSONBody(PredictRequest, undeclared_is_json=True)
 READ_PROBLEMS = problem_responses(401, 404, 422)
 PREDICT_PROBLEMS = {**PROBLEM_RESPONSES, **problem_responses(404, 503)}
 Name = Annotated[str, Path(description="The model's folder name in the repository.", examples=["diabetes"])]
@@ -126,140 +135,159 @@ PREDICT_DESCRIPTION = (
     "answered with `outputs`. Inputs are checked against the signature (422 naming the input, its shape and "
     "dtype); a version still loading is a 503 with Retry-After."
 )
-
-
-async def _predict(
-    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
-) -> JSONBytesResponse:
-    body = (await PREDICT_BODY.read(request)).model  # a body that is not JSON is a 400 whatever the path says
-    number = None if version is None else adapt.parse_version(version)
-    with models.lease(name, number) as lease:
-        job = adapt.decode_predict(body, lease, max_elements)
-        outputs = await worker.run("models", job)
-    return json_response(adapt.encode_predict(body, outputs))
-
-
-@router.post(
-    "/{name:segment}:predict",
-    response_model=PredictResponse,
-    response_model_exclude_none=True,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=PREDICT_BODY.openapi,
-    summary="Predict with a model's highest available version",
-    description=PREDICT_DESCRIPTION,
-)
-async def predict(
-    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _predict(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
-
-
-@router.post(
-    "/{name:segment}/versions/{version:segment}:predict",
-    response_model=PredictResponse,
-    response_model_exclude_none=True,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=PREDICT_BODY.openapi,
-    summary="Predict with one version",
-    description=PREDICT_DESCRIPTION,
-)
-async def predict_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
-    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _predict(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
-
-
-GRADIENTS_BODY = JSONBody(GradientsRequest, undeclared_is_json=True)
 GRADIENTS_DESCRIPTION = (
     "What `tape.gradient(target, sources)` gives in process on the same model and batch: the target is an "
     "output (the gradient of its sum), one class per instance (`class_index`), a cotangent "
     "(`output_gradients`), or a loss; the sources are inputs and/or the trainable variables."
 )
-
-
-async def _gradients(
-    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
-) -> JSONBytesResponse:
-    body = (await GRADIENTS_BODY.read(request)).model
-    number = None if version is None else adapt.parse_version(version)
-    with models.lease(name, number) as lease:
-        job = adapt.decode_gradients(body, lease, max_elements)
-        result = await worker.run("models", job)
-        document = adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding)
-    return json_response(document)
-
-
-@router.post(
-    "/{name:segment}:gradients",
-    response_model=GradientsResponse,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=GRADIENTS_BODY.openapi,
-    summary="Gradients of a model's highest available version",
-    description=GRADIENTS_DESCRIPTION,
-)
-async def gradients(
-    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _gradients(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
-
-
-@router.post(
-    "/{name:segment}/versions/{version:segment}:gradients",
-    response_model=GradientsResponse,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=GRADIENTS_BODY.openapi,
-    summary="Gradients of one version",
-    description=GRADIENTS_DESCRIPTION,
-)
-async def gradients_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
-    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _gradients(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
-
-
-JACOBIAN_BODY = JSONBody(JacobianRequest, undeclared_is_json=True)
 JACOBIAN_DESCRIPTION = (
     "The tape's `batch_jacobian` of an output with respect to an input: (batch, *output_shape, *input_shape), "
     "or with `class_index` that class's row, (batch, *input_shape); refused (422) before it is computed when "
     "it would exceed TAPESERVE_MAX_ELEMENTS."
 )
+EXPLAIN_DESCRIPTION = (
+    "Attributions of the served model's prediction (integrated gradients, saliency, gradient × input, "
+    "SmoothGrad), F the selected class of `output`, with the completeness check of integrated gradients "
+    "(prediction, baseline_prediction, convergence_delta) always reported. Every instance × step is one "
+    "compiled call; concurrent requests are merged. With `Accept: image/png`, a bar chart per instance."
+)
+Answer = Callable[[Any, Lease, Worker, Settings, Request], Awaitable[Response]]
 
 
-async def _jacobian(
-    request: Request, name: str, version: str | None, *, models: ModelRepository, worker: Worker, max_elements: int
-) -> JSONBytesResponse:
-    body = (await JACOBIAN_BODY.read(request)).model
+async def _predict(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
+    job = adapt.decode_predict(body, lease, settings.max_elements)
+    outputs = await worker.run("models", job)
+    return json_response(adapt.encode_predict(body, outputs))
+
+
+async def _gradients(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
+    job = adapt.decode_gradients(body, lease, settings.max_elements)
+    result = await worker.run("models", job)
+    return json_response(adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding))
+
+
+async def _jacobian(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
+    job = adapt.decode_jacobian(body, lease, settings.max_elements)
+    result = await worker.run("models", job)
+    return json_response(adapt.encode_jacobian(lease, job, result, worker.pinned_device, body.response_encoding))
+
+
+async def _explain(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
+    png = wants_png(request.headers.get("accept", ""))
+    deadline = worker.deadline()
+    job, labels = adapt.decode_explain(body, lease, settings.max_elements)
+    if png and job.attribution.instances > MAX_PANELS:
+        raise ValidationFailed.at(
+            job.loc,
+            f"a PNG draws at most {MAX_PANELS} instances, one panel each; got {job.attribution.instances}: send "
+            "fewer instances or ask for JSON",
+        )
+    result = await worker.run("models", job, deadline)
+    if not png:
+        return json_response(adapt.encode_explain(lease, job, result, worker.pinned_device, body))
+    figure = Call("plot_attributions", {**attribution_plot(result, labels, job.evaluation.method), "theme": body.theme})
+    image = await worker.run("plots", figure, deadline)
+    return Response(image, media_type="image/png", headers={"ETag": etag(image)})
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One `POST {model}:verb`, registered for both model paths (the highest version, and one version)."""
+
+    name: str
+    body: JSONBody[Any]
+    response_model: type[Any]
+    answer: Answer
+    summaries: tuple[str, str]
+    description: str
+    responses: dict[int | str, dict[str, Any]] = field(default_factory=lambda: PREDICT_PROBLEMS)
+    exclude_none: bool = False
+
+
+VERBS = (
+    Verb(
+        "predict",
+        JSONBody(PredictRequest, undeclared_is_json=True),
+        PredictResponse,
+        _predict,
+        ("Predict with a model's highest available version", "Predict with one version"),
+        PREDICT_DESCRIPTION,
+        exclude_none=True,
+    ),
+    Verb(
+        "gradients",
+        JSONBody(GradientsRequest, undeclared_is_json=True),
+        GradientsResponse,
+        _gradients,
+        ("Gradients of a model's highest available version", "Gradients of one version"),
+        GRADIENTS_DESCRIPTION,
+    ),
+    Verb(
+        "jacobian",
+        JSONBody(JacobianRequest, undeclared_is_json=True),
+        JacobianResponse,
+        _jacobian,
+        ("Per-instance Jacobians of a model's highest available version", "Per-instance Jacobians of one version"),
+        JACOBIAN_DESCRIPTION,
+    ),
+    Verb(
+        "explain",
+        JSONBody(ExplainRequest, undeclared_is_json=True),
+        ModelExplanationResponse,
+        _explain,
+        ("Attributions of a model's highest available version", "Attributions of one version"),
+        EXPLAIN_DESCRIPTION,
+        responses={**PREDICT_PROBLEMS, **EXPLANATION_RESPONSES},
+        exclude_none=True,
+    ),
+)
+
+
+async def _serve(  # noqa: PLR0917  (the endpoints pass FastAPI's arguments on)
+    verb: Verb,
+    request: Request,
+    name: str,
+    version: str | None,
+    models: ModelRepository,
+    worker: Worker,
+    settings: Settings,
+) -> Response:
+    body = (await verb.body.read(request)).model  # a body that is not JSON is a 400 whatever the path says
     number = None if version is None else adapt.parse_version(version)
     with models.lease(name, number) as lease:
-        job = adapt.decode_jacobian(body, lease, max_elements)
-        result = await worker.run("models", job)
-        document = adapt.encode_jacobian(lease, job, result, worker.pinned_device, body.response_encoding)
-    return json_response(document)
+        return await verb.answer(body, lease, worker, settings, request)
 
 
-@router.post(
-    "/{name:segment}:jacobian",
-    response_model=JacobianResponse,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=JACOBIAN_BODY.openapi,
-    summary="Per-instance Jacobians of a model's highest available version",
-    description=JACOBIAN_DESCRIPTION,
-)
-async def jacobian(
-    request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _jacobian(request, name, None, models=models, worker=worker, max_elements=settings.max_elements)
+def _register(verb: Verb) -> None:
+    """Both paths of `verb`; the operation ids are `verb` and `verb_version`."""
+
+    async def latest(
+        request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+    ) -> Response:
+        return await _serve(verb, request, name, None, models, worker, settings)
+
+    async def versioned(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
+        request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+    ) -> Response:
+        return await _serve(verb, request, name, version, models, worker, settings)
+
+    paths = ("/{name:segment}", "/{name:segment}/versions/{version:segment}")
+    for path, endpoint, suffix, summary in zip(
+        paths, (latest, versioned), ("", "_version"), verb.summaries, strict=True
+    ):
+        router.add_api_route(
+            f"{path}:{verb.name}",
+            endpoint,  # type: ignore[arg-type]
+            methods=["POST"],
+            name=verb.name + suffix,
+            response_model=verb.response_model,
+            response_model_exclude_none=verb.exclude_none,
+            responses=verb.responses,
+            openapi_extra=verb.body.openapi,
+            summary=summary,
+            description=verb.description,
+        )
 
 
-@router.post(
-    "/{name:segment}/versions/{version:segment}:jacobian",
-    response_model=JacobianResponse,
-    responses=PREDICT_PROBLEMS,
-    openapi_extra=JACOBIAN_BODY.openapi,
-    summary="Per-instance Jacobians of one version",
-    description=JACOBIAN_DESCRIPTION,
-)
-async def jacobian_version(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
-    request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-) -> JSONBytesResponse:
-    return await _jacobian(request, name, version, models=models, worker=worker, max_elements=settings.max_elements)
+for _verb in VERBS:
+    _register(_verb)

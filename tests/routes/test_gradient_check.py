@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from schemas.gradient_check import GradientCheckResponse
@@ -236,3 +237,24 @@ def test_bad_requests_name_the_field(client: TestClient, body: dict[str, Any], l
     assert response.headers["content-type"].startswith("application/problem+json")
     found = [error["loc"] for error in response.json().get("errors", [])]
     assert any(item[: len(loc)] == loc for item in found), found
+
+
+def test_an_integer_target_is_a_422_in_tensorflows_words(client: TestClient) -> None:
+    x = tf.constant([1.25, 2.5])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        k = tf.cast(x * 3.0, tf.int32)
+    assert tape.gradient(k, x) is None  # TensorFlow: an integer target has no gradient (and it logs why)
+    program = {"inputs": {"x": {"value": [1.25, 2.5]}}, "program": "k = tf.cast(x * 3.0, tf.int32)"}
+    entry = {"kind": "gradient", "target": "k", "sources": ["x"]}
+    answered = client.post("/v1/tape", json={**program, "watch": ["x"], "compute": [entry]}).json()["results"][0]
+    assert answered["values"] == [None]
+    (warning,) = answered["warnings"]
+    assert warning.startswith("The dtype of the target tensor must be floating") and warning.endswith("tf.int32")
+
+    response = client.post("/v1/gradient-check", json={"tape": {**program, "watch": ["x"], "compute": [entry]}})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    (error,) = response.json()["errors"]
+    assert error["loc"] == ["body", "tape", "compute", 0, "target"]
+    assert warning in error["msg"] and "not watched" not in error["msg"]

@@ -251,3 +251,25 @@ def test_hostile_model_checks_are_refused_naming_the_field(
     if says is not None:
         assert says in problem["detail"], problem["detail"]
     assert post_ok(served, CHECK, {"model": TWO})["passed"] is True
+
+
+def test_one_rounding_note_names_every_source_within_rounding(served: TestClient, two: keras.Model) -> None:
+    rng = np.random.default_rng(29)
+    a, b = rng.normal(size=(5, 2)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    labels = [0, 1, 1, 0, 1]
+    loss = {"kind": "cross_entropy", "labels": labels, "reduction": "mean"}
+    body = {"inputs": {"a": a.tolist(), "b": b.tolist()}, "output": "scores", "loss": loss, "sources": ["variables"]}
+    document = post_ok(served, CHECK, {"model": {"name": "two", **body}})
+    # the floor of float32 central differences, from the loss the model computes in process: ε_machine·|L|/ε
+    scores = np.asarray(two([a, b], training=False)[1], dtype=np.float64)
+    floor = float(np.finfo(np.float32).eps) * abs(float(-np.log(scores[np.arange(5), labels]).mean())) / EPSILON32
+    (note,) = [note for note in document["notes"] if "rounding error" in note]
+    named = {check["source"] for check in document["checks"] if f"{check['source']} (at most" in note}
+    for check in document["checks"]:
+        error, large = check["max_abs_error"], check["max_rel_error"] > 1e-7
+        if check["source"] in named:
+            assert large and 0 < error <= 10 * floor * 1.05, check["source"]
+            assert f"{check['source']} (at most {error:.2g})" in note
+        elif large and 0 < error <= 10 * floor * 0.95:
+            raise AssertionError(f"{check['source']} is within rounding but not named: {note}")
+    assert len(named) >= 2, note  # several sources, one note

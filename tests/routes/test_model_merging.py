@@ -1,5 +1,5 @@
-"""Concurrent :gradients and :jacobian requests of one served version merge into one call of the worker and
-answer what each answers alone (and what in-process tf.GradientTape gives on its own batch)."""
+"""Concurrent :gradients, :jacobian and :explain requests of one served version merge into one call of the
+worker and answer what each answers alone (and what in-process tf.GradientTape gives on its own batch)."""
 
 from __future__ import annotations
 
@@ -139,3 +139,25 @@ def test_a_refused_request_does_not_fail_the_others_merged_with_it(repository: p
         assert "TAPESERVE_MAX_ELEMENTS" in answers[1].json()["detail"]
         assert blocked.worker.stats.batch_sizes.get(len(bodies)) == 1
         assert [len(answers[index].json()["jacobian"]["values"]) for index in (0, 2, 3)] == [2, 1, 2]
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_explanations_merge_and_answer_per_request(client: TestClient, method: str) -> None:
+    baseline = {"a": [0.1, -0.2], "b": [0.0, 0.3, -0.1]}
+    bodies: list[dict[str, Any]] = [
+        {"instances": _instances(size), "output": "scores", "method": method, "baseline": baseline, "seed": size}
+        for size in (1, 3, 2)
+    ]
+    if method == "smoothgrad":
+        for body in bodies:
+            del body["baseline"]
+    merged = _merged(client, "/v1/models/two:explain", bodies)
+    for body, answer in zip(bodies, merged, strict=True):
+        alone = model_repo.post_ok(client, "/v1/models/two:explain", body)
+        assert len(answer["explanations"]) == len(body["instances"])
+        for together, single in zip(answer["explanations"], alone["explanations"], strict=True):
+            assert together["class_index"] == single["class_index"]
+            for name in ("a", "b"):
+                np.testing.assert_allclose(
+                    _values(together["attributions"][name]), _values(single["attributions"][name]), rtol=1e-5, atol=1e-7
+                )

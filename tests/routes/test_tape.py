@@ -13,7 +13,10 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from schemas.tape import SEED_TAPE_REQUEST, TapeResponse
+from service.routes import tape as tape_routes
+from tests.blocking import BlockedWorker
 from tests.compute.test_program_security import BOMBS, ESCAPES
+from tests.conftest import make_client
 
 
 def values(tensor: dict[str, Any]) -> np.ndarray:
@@ -244,3 +247,73 @@ def test_ops_lists_the_functions_of_tensorflows_gradient_tests(client: TestClien
     assert ops["conv2d"]["signature"] == "conv2d(input, filters, strides, padding, data_format='NHWC', dilations=None)"
     assert "0.009999999776482582" in ops["leaky_relu"]["summary"]
     assert "tf.maximum" in ops["leaky_relu"]["summary"]
+
+
+# Python integer powers are Python's, then converted as tf.constant converts them (int64 beyond int32)
+INTEGER_POWERS = {
+    "2**40": 2**40,
+    "2**62": 2**62,
+    "3**39": 3**39,
+    "(-3)**39": (-3) ** 39,
+    "(-2)**63": (-2) ** 63,
+    "-(2**62) * 2": -(2**62) * 2,
+    "2**-1": 2**-1,
+    "(-2)**-3": (-2) ** -3,
+    "10**-400": 10**-400,
+}
+
+
+@pytest.mark.parametrize("expression", INTEGER_POWERS)
+def test_integer_powers_within_int64_answer_as_tensorflow(client: TestClient, expression: str) -> None:
+    document = post(client, {"inputs": {}, "program": f"a = {expression}"})
+    reference = tf.constant(INTEGER_POWERS[expression])
+    assert document["values"]["a"]["dtype"] == reference.dtype.name
+    assert document["values"]["a"]["values"] == reference.numpy().item()
+
+
+def test_a_float_tensor_times_an_int64_power_is_tensorflows(client: TestClient) -> None:
+    document = post(client, {"inputs": {"x": {"value": [1.5, -2.0]}}, "program": "a = x * 2**40"})
+    reference = tf.constant([1.5, -2.0]) * 2**40
+    assert document["values"]["a"]["dtype"] == "float32"
+    np.testing.assert_array_equal(values(document["values"]["a"]).astype(np.float32), reference.numpy())
+
+
+OUTSIDE_INT64 = {
+    "2**63": 2**63,
+    "(-2)**64": (-2) ** 64,
+    "3**40": 3**40,
+    "-((-2)**63)": -((-2) ** 63),
+    "(-2)**63 - 1": (-2) ** 63 - 1,
+    "7**10**9": 2**64,  # far beyond int64: refused before Python computes it; 2**64 stands in for TensorFlow
+}
+
+
+@pytest.mark.parametrize("expression", OUTSIDE_INT64)
+def test_integer_results_outside_int64_are_a_422(client: TestClient, expression: str) -> None:
+    with pytest.raises(ValueError, match="out-of-range integer"):  # TensorFlow cannot convert them either
+        tf.constant(OUTSIDE_INT64[expression])
+    document = problem(client, {"inputs": {}, "program": f"a = {expression}"}, "program")
+    assert "int64" in document["detail"] and document["line"] == 1
+
+
+def test_an_integer_tensor_to_a_negative_power_is_tensorflows_422(client: TestClient) -> None:
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Integers to negative integer powers are not allowed"):
+        tf.constant([2, 3]) ** -1
+    document = problem(client, {"inputs": {}, "program": "a = tf.constant([2, 3]) ** -1"}, "program")
+    assert document["detail"].endswith("InvalidArgumentError: Integers to negative integer powers are not allowed")
+
+
+def test_ops_answers_while_the_queue_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op table is read during warm-up, so a worker whose queue is full still lists the ops."""
+    monkeypatch.setattr(tape_routes, "_OPS", [])  # as in a fresh process
+    with make_client(queue_limit=1) as fresh:
+        blocked = BlockedWorker(fresh)
+        blocked.occupy()
+        blocked.enqueue(1)
+        try:
+            assert fresh.post("/v1/tape", json=SEED_TAPE_REQUEST).status_code == 429
+            answer = fresh.get("/v1/ops")
+            assert answer.status_code == 200
+            assert "reduce_sum" in {op["name"] for op in answer.json()["ops"]}
+        finally:
+            blocked.release.set()

@@ -94,6 +94,32 @@ def name_index(source: str, index: Sequence[int]) -> str:
     return f"{source}[{', '.join(map(str, index))}]" if index else source
 
 
+def _rounding_note(checks: list[SourceCheck]) -> list[str]:
+    """One note naming every source whose differences from autodiff are all within the finite differences'
+    rounding error (≤ 10× the floor) while its relative error is above the excellent band; [] if none is."""
+    within = [
+        check
+        for check in checks
+        if check.comparison.max_rel_error > VERDICT_BANDS[0][0]
+        and 0 < check.comparison.max_abs_error <= 10 * check.rounding_floor
+    ]
+    if not within:
+        return []
+    floors = {f"{check.rounding_floor:.2g}" for check in within}
+    shared = len(floors) == 1
+    sources = ", ".join(
+        f"{check.source} (at most {check.comparison.max_abs_error:.2g}"
+        + ("" if shared else f", rounding about {check.rounding_floor:.2g}")
+        + ")"
+        for check in within
+    )
+    floor = f"about {next(iter(floors))} = ε_machine·max|L|/ε" if shared else "ε_machine·max|L|/ε"
+    return [
+        f"Every autodiff–finite-difference difference for {sources} is within the finite differences' own "
+        f"rounding error ({floor}): the relative error is large only where the gradient is small."
+    ]
+
+
 def summarise(
     checks: list[SourceCheck], *, dtype: str, epsilon: float, rtol: float, atol: float, perturbed: int, notes: list[str]
 ) -> GradientCheck:
@@ -115,15 +141,7 @@ def summarise(
         summary += f" Outside rtol={rtol:g}, atol={atol:g}: {', '.join(failing)}."
     else:
         summary += f" Every comparison is within rtol={rtol:g}, atol={atol:g}."
-    notes = [*notes, summary]
-    for check in checks:
-        error, floor = check.comparison.max_abs_error, check.rounding_floor
-        if check.comparison.max_rel_error > VERDICT_BANDS[0][0] and 0 < error <= 10 * floor:
-            notes.append(
-                f"Every autodiff–finite-difference difference for {check.source} (at most {error:.2g}) is within "
-                f"the finite differences' own rounding error (about {floor:.2g} = ε_machine·max|L|/ε): the "
-                "relative error is large only where the gradient is small."
-            )
+    notes = [*notes, summary, *_rounding_note(checks)]
     return GradientCheck(
         passed=passed,
         dtype=dtype,

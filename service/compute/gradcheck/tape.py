@@ -26,6 +26,7 @@ from service.compute.gradcheck.checks import (
     source_check,
 )
 from service.compute.gradcheck.results import Array, GradientCheck
+from service.compute.program.dtype_warnings import GRADIENT_TARGET, dtype_warning
 from service.compute.program.parse import ParsedProgram, parse_program
 from service.compute.program.requests import TapeInput
 from service.compute.program.runner import run_tape
@@ -55,6 +56,17 @@ def _source_shapes(tape: TapeCheck) -> dict[str, tuple[int, ...]]:
             raise InvalidInput(f"source {name!r} is {value.dtype.name}; only float inputs are differentiable", loc)
         shapes[name] = tuple(value.shape)
     return shapes
+
+
+def _check_float_target(name: str, target: Array) -> None:
+    """An integer (or bool) target has no gradient to check: TensorFlow warns, in these words, and answers None."""
+    warning = dtype_warning(GRADIENT_TARGET, target)
+    if warning is not None:
+        raise InvalidInput(
+            f"target {name!r}: {warning}. tape.gradient answers None for it (/v1/tape reports the same warning), "
+            "so there is no gradient to check; differentiate a float target",
+            (*ENTRY, "target"),
+        )
 
 
 def _objective(tape: TapeCheck, parsed: ParsedProgram, weights: Array) -> Objective:
@@ -123,6 +135,7 @@ def check_tape(tape: TapeCheck, options: CheckOptions = DEFAULT_OPTIONS) -> Grad
             max_elements=tape.max_elements,
         )
     target = run.values[gradient.target]
+    _check_float_target(gradient.target, target)
     weights = np.ones(target.shape) if gradient.output_gradients is None else np.asarray(gradient.output_gradients)
     objective = _objective(tape, parsed, weights)
     notes = [*options.notes]

@@ -272,3 +272,38 @@ def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines()]
     meaningful = [line for line in lines if line and not line.startswith(_NOISE)]
     return (meaningful[-1] if meaningful else type(error).__name__)[:500]
+
+
+@dataclass(frozen=True, eq=False)
+class ExplainJob(ModelJob):
+    """One `:explain` request: attributions (API.md §10) of `output`'s selected class, every instance × step (or
+    sample) in one batched call; `evaluation` and `attribution` are `explain.prepare`'s, already checked."""
+
+    served: Any
+    signature: str
+    inputs: dict[str, np.ndarray]
+    output: str
+    evaluation: Any
+    attribution: Any
+    max_elements: int
+    loc: tuple[str | int, ...] = ()
+
+    def merge_options(self) -> Hashable | None:
+        evaluated = self.evaluation
+        return ("explain", self.output, evaluated.method, evaluated.rule, evaluated.absolute, self.max_elements)
+
+    def per_instance(self) -> dict[str, np.ndarray]:
+        names = list(self.inputs)
+        arrays = {f"start/{name}": start for name, start in zip(names, self.attribution.starts, strict=True)}
+        if self.attribution.noise is not None:
+            arrays.update({f"noise/{name}": noise for name, noise in zip(names, self.attribution.noise, strict=True)})
+        arrays["class_index"] = self.attribution.class_index
+        return arrays
+
+    def check(self) -> int:
+        return int(self.evaluation.evaluations * sum(value.size for value in self.inputs.values()))
+
+    def run_stacked(self, stacked: Stacked) -> list[Any]:
+        from service.compute.models.explained import merged_explanations  # noqa: PLC0415  (TensorFlow)
+
+        return merged_explanations(self, stacked)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import tensorflow as tf
+
 WATCHED_TENSOR = "The dtype of the watched tensor must be floating (e.g. tf.float32), got %r"
 """tf.GradientTape.watch on a non-float tensor (TensorFlow logs it as a warning and watches it anyway)."""
 
@@ -34,8 +36,9 @@ JVP_TARGET = (
 
 
 def dtype_warning(template: str, tensor: Any) -> str | None:
-    """The warning for `tensor` if its dtype is not floating, else None."""
-    return None if tensor.dtype.is_floating else template % (tensor.dtype,)
+    """The warning for `tensor` (a tensor or a numpy array) if its dtype is not floating, else None."""
+    dtype = tf.as_dtype(tensor.dtype)
+    return None if dtype.is_floating else template % (dtype,)
 
 
 def dtype_warnings(kind: str, target: Any, sources: list[Any]) -> list[str]:

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from service.compute.program import sizes
 from service.compute.program.checker import Checker, Expression, Position, dotted
-from service.compute.program.limits import INT64_MAX
+from service.compute.program.limits import INT64_MAX, INT64_MIN
 from service.compute.program.ops import DTYPES
 from service.compute.program.values import PyList, ValueProblem, describe, is_tensor, make_list, to_tensorflow
 
@@ -85,17 +85,22 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
+def _int64_power_overflows(left: Any, right: Any) -> bool:
+    """Whether `left ** right`, two Python integers, is certainly outside int64, known without computing it.
+
+    |left| ≥ 2^(bits − 1), so a power with (bits − 1)·right ≥ 64 is at least 2^64. Any other power has fewer
+    than 128 bits and is computed exactly, then range-checked like every integer result: 2**62 and (−2)**63
+    fit, 2**63 does not. A negative exponent is Python's float, as in a TensorFlow program written in Python.
+    """
+    if not (isinstance(left, int) and isinstance(right, int)) or right <= 0 or abs(left) <= 1:
+        return False
+    return (abs(left).bit_length() - 1) * right >= 64
+
+
 def _python_arithmetic(op: Operator, left: Any, right: Any) -> Any:
     if op.symbol == "@":
         raise ValueProblem("@ needs tensors, not Python numbers")
-    if (
-        op.symbol == "**"
-        and isinstance(left, int)
-        and isinstance(right, int)
-        and right > 0
-        and abs(left) > 1
-        and right * abs(left).bit_length() > 64
-    ):
+    if op.symbol == "**" and _int64_power_overflows(left, right):
         raise ValueProblem("integer power outside the int64 range")
     try:
         result = op.python(left, right)
@@ -105,7 +110,12 @@ def _python_arithmetic(op: Operator, left: Any, right: Any) -> Any:
         raise ValueProblem("numeric overflow") from None
     if isinstance(result, complex):
         raise ValueProblem("the result is a complex number, which is not supported")
-    if isinstance(result, int) and not isinstance(result, bool) and abs(result) > INT64_MAX:
+    return _within_int64(result)
+
+
+def _within_int64(result: Any) -> Any:
+    """A Python number result, refused if it is an integer TensorFlow cannot convert (outside int64)."""
+    if isinstance(result, int) and not isinstance(result, bool) and not INT64_MIN <= result <= INT64_MAX:
         raise ValueProblem("integer result outside the int64 range")
     return result
 
@@ -228,7 +238,7 @@ class UnaryOp(Expression):
         operand = self.operand.evaluate(run)
         with run.at(self.at):
             if _is_scalar(operand):
-                return -operand if self.symbol == "-" else +operand
+                return _within_int64(-operand if self.symbol == "-" else +operand)
             if not is_tensor(operand):
                 raise ValueProblem(f"unary {self.symbol} cannot take {describe(operand)}")
             return run.record(-operand) if self.symbol == "-" else operand

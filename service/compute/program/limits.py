@@ -27,6 +27,9 @@ more can only come from doubling lists by name, whose conversion costs Python ti
 INT64_MAX = 2**63 - 1
 """Integer literals and Python integer results stay within int64, as TensorFlow converts them."""
 
+INT64_MIN = -(2**63)
+"""The least Python integer result TensorFlow converts (to int64)."""
+
 DEFAULT_MAX_ELEMENTS = 4_194_304
 """The element limit when the caller gives none (the service passes its setting)."""
 

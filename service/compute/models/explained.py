@@ -1,0 +1,61 @@
+"""`:explain` of a served signature: the explain kernel over F = the selected class of one output, every
+instance × step (or sample) of stacked requests in one compiled call, chunked only where
+TAPESERVE_MAX_ELEMENTS demands. The compiled explainer lives in the version's function cache, so it goes
+with the version."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.compute.explain.engine import ExplanationResult
+from service.compute.explain.function import FunctionExplainer
+from service.compute.explain.prepare import AttributionInputs
+from service.compute.models.engine import ExplainJob, Stacked
+
+
+def _explainer(job: ExplainJob) -> FunctionExplainer:
+    served, signature, output = job.served, job.signature, job.output
+    shapes = {name: tuple(int(size) for size in value.shape[1:]) for name, value in job.inputs.items()}
+    dtype = next(iter(job.inputs.values())).dtype.name
+    call = served.calls[signature]
+
+    def selected(inputs: Mapping[str, Any]) -> Any:
+        found = call(dict(inputs))[output]
+        return found[:, None] if len(found.shape) == 1 else found  # a (batch,) output is one unit
+
+    def make() -> FunctionExplainer:
+        return FunctionExplainer(selected, shapes, dtype, max_elements=job.max_elements)
+
+    key = ("explain", signature, output, tuple(shapes.items()), dtype, job.max_elements)
+    explainer: FunctionExplainer = served.functions.get(key, make)
+    return explainer
+
+
+def merged_explanations(job: ExplainJob, stacked: Stacked) -> list[ExplanationResult]:
+    """The attributions of every job whose instances `stacked` holds (all of `job`'s merge options), one
+    answer per job."""
+    names = list(job.inputs)
+    extras = stacked.per_instance
+    attribution = AttributionInputs(
+        inputs=tuple(stacked.inputs[name] for name in names),
+        starts=tuple(extras[f"start/{name}"] for name in names),
+        noise=tuple(extras[f"noise/{name}"] for name in names) if job.evaluation.noisy else None,
+        class_index=extras["class_index"],
+    )
+    (result,) = _explainer(job).run([(job.evaluation, attribution)])
+    return [_part(result, part) for part in stacked.parts()]
+
+
+def _part(result: ExplanationResult, part: slice) -> ExplanationResult:
+    def cut(value: Any) -> Any:
+        return None if value is None else value[part]
+
+    return ExplanationResult(
+        predictions=result.predictions[part],
+        classes=result.classes[part],
+        prediction=result.prediction[part],
+        attributions=tuple(value[part] for value in result.attributions),
+        baseline_prediction=cut(result.baseline_prediction),
+        convergence_delta=cut(result.convergence_delta),
+    )
