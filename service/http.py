@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.telemetry import get_telemetry_data
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -103,6 +106,93 @@ class StrictJSONRoute(APIRoute):
             return await handler(request)
 
         return strict_handler
+
+
+DirectCall = Callable[[Request], Awaitable[Any]]
+
+
+def direct_dependencies(dependant: Dependant) -> list[tuple[str, DirectCall]] | None:
+    """`(parameter, dependency)` for each dependency of an endpoint that a `DirectRoute` can call directly:
+    an `async def` endpoint answering with a `Response` class, taking the `Request` and dependencies, each
+    of which is an `async def f(request)` with no dependencies of its own (as `service.deps` has them).
+    None for any other endpoint."""
+    call = dependant.call
+    if call is None or not inspect.iscoroutinefunction(call) or not _takes_only_the_request(dependant):
+        return None
+    answer = inspect.signature(call, eval_str=True).return_annotation
+    if not (isinstance(answer, type) and issubclass(answer, Response)):
+        return None
+    direct: list[tuple[str, DirectCall]] = []
+    for sub in dependant.dependencies:
+        if sub.name is None or sub.dependencies or not inspect.iscoroutinefunction(sub.call):
+            return None
+        if not _takes_only_the_request(sub):
+            return None
+        direct.append((sub.name, sub.call))
+    return direct
+
+
+def _takes_only_the_request(dependant: Dependant) -> bool:
+    params = (
+        dependant.path_params,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
+    others = (
+        dependant.websocket_param_name,
+        dependant.http_connection_param_name,
+        dependant.response_param_name,
+        dependant.background_tasks_param_name,
+        dependant.security_scopes_param_name,
+    )
+    return (
+        dependant.request_param_name is not None
+        and not any(params)
+        and all(name is None for name in others)
+        and not dependant.own_oauth_scopes
+    )
+
+
+class DirectRoute(APIRoute):
+    """An `APIRoute` that calls an endpoint of the shape `direct_dependencies` accepts without FastAPI's
+    generic request handler (request-scoped exit stacks, body reading, dependency solving, serialisation):
+    it awaits the dependencies in order, then the endpoint, and sends the `Response` it returns. Errors
+    raise into the app's exception handlers as from any route. Matching, `root_path`, middlewares and
+    OpenAPI are `APIRoute`'s. A request goes to the generic handler instead while `app.dependency_overrides`
+    holds anything, or while FastAPI's OpenTelemetry records it: those are the generic handler's to honour.
+    `direct` says whether the endpoint has the shape; a route whose endpoint has not is an `APIRoute`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        dependencies = direct_dependencies(self.dependant)
+        endpoint, request_name = self.dependant.call, self.dependant.request_param_name
+        self.direct = dependencies is not None and endpoint is not None and request_name is not None
+        if dependencies is not None and endpoint is not None and request_name is not None:
+            self.app = self._direct_app(self.app, endpoint, request_name, dependencies)
+
+    def _direct_app(
+        self,
+        generic: ASGIApp,
+        endpoint: Callable[..., Awaitable[Response]],
+        request_name: str,
+        dependencies: list[tuple[str, DirectCall]],
+    ) -> ASGIApp:
+        provider = self.dependency_overrides_provider
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if getattr(provider, "dependency_overrides", None) or get_telemetry_data() is not None:
+                await generic(scope, receive, send)
+                return
+            request = Request(scope, receive, send)
+            values: dict[str, Any] = {request_name: request}
+            for name, call in dependencies:
+                values[name] = await call(request)
+            response = await endpoint(**values)
+            await response(scope, receive, send)
+
+        return app
 
 
 @dataclass(frozen=True)
