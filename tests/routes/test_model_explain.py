@@ -58,6 +58,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     root = model_repo.new_repository(tmp_path_factory, "explain")
     for name, build in (("clf", classifier), ("lin", linear), ("duo", two_inputs)):
         model_repo.save_keras(build(), root, name, 1)
+    model_repo.save_quadratic(root)
     return root
 
 
@@ -253,3 +254,18 @@ def test_an_explanations_gradients_pass_as_the_claimed_gradient_of_a_model_check
     assert answer["passed"], answer
     wrong = {**check, "claimed": {"vitals": (-np.asarray(claimed)).tolist()}}
     assert not model_repo.post_ok(served, "/v1/gradient-check", wrong)["passed"]
+
+
+@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_middle"])
+def test_a_saved_models_signature_is_explained_exactly_where_the_rule_is(served: TestClient, integration: str) -> None:
+    """quad's `score`: y = (x ⊙ x) @ W, so ∂y_k/∂x_i = 2 W_ik x_i and IG_i = W_ik (x_i² − b_i²) for any baseline,
+    which Gauss–Legendre (and the midpoint rule, on a linear integrand) integrate exactly; `total` = Σ x is a
+    (batch,) output, explained as its one unit."""
+    x, b = RNG.normal(size=(3, 2)), RNG.normal(size=2)
+    body = {"signature_name": "score", "instances": x.tolist(), "baseline": b.tolist(), "integration": integration}
+    scores = explain(served, "quad", {**body, "output": "y", "class_index": 1, "steps": 3})
+    expected = model_repo.QUADRATIC_W[:, 1] * (x**2 - b**2)
+    np.testing.assert_allclose(attributions(scores, "x"), expected, rtol=1e-12)
+    total = explain(served, "quad", {**body, "output": "total", "steps": 3})
+    np.testing.assert_allclose(attributions(total, "x"), x - b, rtol=1e-12)
+    assert [entry["class_index"] for entry in total["explanations"]] == [0, 0, 0]
