@@ -46,11 +46,16 @@ local bodies = {}
 for i, path in ipairs(paths) do
   local handle = io.open(path, "rb"); bodies[i] = handle:read("*a"); handle:close()
 end
+local targets = {}
+for target in string.gmatch(os.getenv("BENCH_TARGETS") or "", "[^,]+") do table.insert(targets, target) end
 local counter = 0
 request = function()
   counter = counter + 1
-  local body = bodies[(counter % #bodies) + 1]
-  return wrk.format("POST", "/v1/networks/gradients", {["Content-Type"] = "application/json"}, body)
+  local index = (counter % #bodies) + 1
+  local target = targets[index] or "POST /v1/networks/gradients"
+  local method, path = string.match(target, "(%S+) (%S+)")
+  if method == "GET" then return wrk.format("GET", path) end
+  return wrk.format(method, path, {["Content-Type"] = "application/json"}, bodies[index])
 end
 done = function(summary, latency, requests)
   io.write(string.format(
@@ -158,7 +163,17 @@ def reference_command() -> list[str]:
     ]
 
 
-def run_wrk(wrk: str, server: Server, bodies: Sequence[Path], connections: int, seconds: float) -> WrkRun:
+def run_wrk(
+    wrk: str,
+    server: Server,
+    bodies: Sequence[Path],
+    connections: int,
+    seconds: float,
+    *,
+    targets: Sequence[str] = (),
+) -> WrkRun:
+    """wrk's figures for `bodies` sent in turn; `targets[i]` is `"METHOD /path"` for `bodies[i]` (a GET sends
+    no body), `POST /v1/networks/gradients` for each body without one."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)
     threads = min(2, connections)
@@ -177,7 +192,7 @@ def run_wrk(wrk: str, server: Server, bodies: Sequence[Path], connections: int, 
             script.name,
             server.base,
         ],
-        env={**os.environ, "BENCH_BODIES": ",".join(str(body) for body in bodies)},
+        env={**os.environ, "BENCH_BODIES": ",".join(str(body) for body in bodies), "BENCH_TARGETS": ",".join(targets)},
         capture_output=True,
         text=True,
         check=True,
@@ -210,13 +225,15 @@ def bulk_bodies(samples: int) -> dict[str, bytes]:
     return {"nested": json.dumps(nested).encode(), "b64": json.dumps(packed).encode()}
 
 
-def raw_posts(server: Server, body: bytes, count: int, pause: float = 0.0) -> list[float]:
-    """Seconds per POST of `body`, sent one after another on one keep-alive socket (after `pause` seconds
-    of quiet each): a bare client, so that the times are the server's and not a client library's warm-up."""
+def raw_posts(
+    server: Server, body: bytes, count: int, pause: float = 0.0, path: str = "/v1/networks/gradients"
+) -> list[float]:
+    """Seconds per POST of `body` to `path`, sent one after another on one keep-alive socket (after `pause`
+    seconds of quiet each): a bare client, so that the times are the server's and not a client library's
+    warm-up."""
     host, port = server.base.removeprefix("http://").split(":")
     head = (
-        f"POST /v1/networks/gradients HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
 
     def exchange(connection: socket.socket, request: bytes) -> bytes:

@@ -1,15 +1,15 @@
 """`python -m bench.inprocess`: the CPU one seed request costs inside the app, without HTTP or a socket.
 
-Sends `--clients` concurrent `POST /v1/networks/gradients` (the seed sample, no includes) straight into the
-ASGI app, with its lifespan running and its warm-up done, in rounds of `--requests`, and prints, per
-request, the process's CPU time (every thread: the event loop and TensorFlow's) and the event loop
-thread's alone: minimum and median over the rounds after the first. Options take pieces away, so that what
-each one costs shows as a difference between two runs of this module (alternate them: the machine is
-shared): `--generic` answers through FastAPI's generic request handler instead of the route's direct call
-(a dependency override that hands out the app's own worker), `--without NAME` leaves out a middleware by
-its class name, `--no-access-log` turns the access line off, `--canned` answers every request after the
-first with the first one's recorded answer (the HTTP stack alone, no body parsing, no TensorFlow). Run
-under the bench lock.
+Sends `--clients` concurrent `POST /v1/networks/gradients` (the seed sample, no includes), or with `--route
+predict` the example model's `:predict` of the seed's patient, straight into the ASGI app, with its lifespan
+running and its warm-up done, in rounds of `--requests`, and prints, per request, the process's CPU time
+(every thread: the event loop and TensorFlow's) and the event loop thread's alone: minimum and median over the
+rounds after the first. Options take pieces away, so that what each one costs shows as a difference between
+two runs of this module (alternate them: the machine is shared): `--generic` answers through FastAPI's generic
+request handler instead of the route's direct call (a dependency override that hands out the app's own
+worker), `--without NAME` leaves out a middleware by its class name, `--no-access-log` turns the access line
+off, `--canned` answers every request after the first with the first one's recorded answer (the HTTP stack
+alone, no body parsing, no TensorFlow). Run under the bench lock.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import uvloop
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from schemas.networks import SEED_REQUEST
+from schemas.networks import SEED_FEATURES, SEED_REQUEST
 from service.app import create_app
 from service.deps import get_worker
 from service.observability import configure_logging
@@ -36,7 +36,17 @@ from service.routes import networks
 from service.settings import Settings
 from service.worker import Worker
 
-BODY = json.dumps({key: value for key, value in SEED_REQUEST.items() if key != "include"}).encode()
+PREDICT_PATH = "/v1/models/diabetes:predict"
+ROUTES: dict[str, tuple[str, str, bytes]] = {
+    # name: (the request's path, the route's path template, the body)
+    "networks": (
+        networks.PATH,
+        networks.PATH,
+        json.dumps({key: value for key, value in SEED_REQUEST.items() if key != "include"}).encode(),
+    ),
+    "predict": (PREDICT_PATH, "/v1/models/{name:segment}:predict", json.dumps({"instances": [SEED_FEATURES]}).encode()),
+}
+PATH, TEMPLATE, BODY = ROUTES["networks"]
 
 
 def scope() -> Scope:
@@ -46,8 +56,8 @@ def scope() -> Scope:
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": networks.PATH,
-        "raw_path": networks.PATH.encode(),
+        "path": PATH,
+        "raw_path": PATH.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [
@@ -80,8 +90,8 @@ async def post(app: ASGIApp) -> list[Message]:
 
 
 def canned(app: FastAPI) -> None:
-    """The networks route answers with its first answer from then on, reading the body and nothing else."""
-    route = next(route for route in app.routes if getattr(route, "path", None) == networks.PATH)
+    """The route answers with its first answer from then on, reading the body and nothing else."""
+    route = next(route for route in app.routes if getattr(route, "path", None) == TEMPLATE)
     real = route.app  # type: ignore[attr-defined]
     answer: list[Message] = []
 
@@ -128,6 +138,7 @@ async def measure(app: FastAPI, clients: int, requests: int, rounds: int) -> lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess")
+    parser.add_argument("--route", choices=sorted(ROUTES), default="networks")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7)
@@ -136,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-access-log", action="store_true")
     parser.add_argument("--canned", action="store_true", help="the HTTP stack alone: a recorded answer")
     args = parser.parse_args(argv)
+    global PATH, TEMPLATE, BODY  # one route per run of the module
+    PATH, TEMPLATE, BODY = ROUTES[args.route]
     configure_logging("info", stream=io.StringIO())  # the access lines are written, to memory
     app = create_app(Settings(access_log=not args.no_access_log))
     app.user_middleware = [layer for layer in app.user_middleware if layer.cls.__name__ not in args.without]  # type: ignore[attr-defined]

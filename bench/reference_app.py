@@ -1,5 +1,6 @@
-"""The HTTP floor: a FastAPI + pydantic endpoint that parses the same body model as tapeserve and answers
-with a response of the same size, doing no TensorFlow work. Served with the same server settings."""
+"""The HTTP floor: FastAPI + pydantic endpoints that parse the same body models as tapeserve and answer
+with tapeserve's own response bytes, doing no TensorFlow work: the networks route, and the example model's
+`:predict` (TF Serving's predict body). Served with the same server settings."""
 
 from __future__ import annotations
 
@@ -7,24 +8,30 @@ import os
 
 from fastapi import FastAPI, Response
 
+from schemas.models import PredictRequest
 from schemas.networks import NetworkRequest
 
 app = FastAPI(title="tapeserve reference floor")
-_RESPONSES: dict[bool, bytes] = {}
+_RESPONSES: dict[str, bytes] = {}
 
 
-def canned(with_includes: bool) -> bytes:
-    """A response body of the size tapeserve sends for the seed sample (read from files the harness wrote)."""
-    if with_includes not in _RESPONSES:
-        path = os.environ["BENCH_RESPONSE_FULL" if with_includes else "BENCH_RESPONSE_PLAIN"]
-        with open(path, "rb") as handle:
-            _RESPONSES[with_includes] = handle.read()
-    return _RESPONSES[with_includes]
+def canned(name: str) -> bytes:
+    """The response body tapeserve sent for the same request, read from the file `BENCH_RESPONSE_<name>`
+    names (the harness wrote it)."""
+    if name not in _RESPONSES:
+        with open(os.environ[f"BENCH_RESPONSE_{name}"], "rb") as handle:
+            _RESPONSES[name] = handle.read()
+    return _RESPONSES[name]
 
 
 @app.post("/v1/networks/gradients")
 async def gradients(body: NetworkRequest) -> Response:
-    return Response(canned(bool(body.include)), media_type="application/json")
+    return Response(canned("FULL" if body.include else "PLAIN"), media_type="application/json")
+
+
+@app.post("/v1/models/diabetes:predict")
+async def predict(body: PredictRequest) -> Response:
+    return Response(canned("PREDICT"), media_type="application/json")
 
 
 @app.get("/readyz")
