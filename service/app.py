@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_observability(app, access_log=settings.access_log)
     # busier routes first: the router tries them in order
-    for module in (models, system, tape, activations, gradient_check, explanations):
+    models.install(app)  # on the app's router, as networks: each a direct call
+    for module in (system, tape, activations, gradient_check, explanations):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)

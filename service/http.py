@@ -111,16 +111,31 @@ class StrictJSONRoute(APIRoute):
 DirectCall = Callable[[Request], Awaitable[Any]]
 
 
-def direct_dependencies(dependant: Dependant) -> list[tuple[str, DirectCall]] | None:
-    """`(parameter, dependency)` for each dependency of an endpoint that a `DirectRoute` can call directly:
-    an `async def` endpoint answering with a `Response` class, taking the `Request` and dependencies, each
-    of which is an `async def f(request)` with no dependencies of its own (as `service.deps` has them).
-    None for any other endpoint."""
+@dataclass(frozen=True)
+class DirectPlan:
+    """What a `DirectRoute` passes its endpoint: the request, each path parameter (`(parameter, key in the
+    scope's path_params)`) and each dependency's answer (`(parameter, dependency)`)."""
+
+    request: str
+    path_params: list[tuple[str, str]]
+    dependencies: list[tuple[str, DirectCall]]
+
+
+def direct_plan(dependant: Dependant) -> DirectPlan | None:
+    """The plan for an endpoint that a `DirectRoute` can call directly: an `async def` endpoint answering
+    with a `Response` class, taking the `Request`, path parameters annotated plain `str` (no constraints,
+    so that FastAPI's validation of a `str` leaves them as they are), and dependencies, each of which is an
+    `async def f(request)` with no dependencies of its own (as `service.deps` has them). None for any other
+    endpoint."""
     call = dependant.call
-    if call is None or not inspect.iscoroutinefunction(call) or not _takes_only_the_request(dependant):
+    if call is None or not inspect.iscoroutinefunction(call) or dependant.request_param_name is None:
+        return None
+    if not _takes_only_the_request(dependant, path_params=True):
         return None
     answer = inspect.signature(call, eval_str=True).return_annotation
     if not (isinstance(answer, type) and issubclass(answer, Response)):
+        return None
+    if any(param.field_info.annotation is not str or param.field_info.metadata for param in dependant.path_params):
         return None
     direct: list[tuple[str, DirectCall]] = []
     for sub in dependant.dependencies:
@@ -129,12 +144,13 @@ def direct_dependencies(dependant: Dependant) -> list[tuple[str, DirectCall]] | 
         if not _takes_only_the_request(sub):
             return None
         direct.append((sub.name, sub.call))
-    return direct
+    params = [(param.name, param.alias) for param in dependant.path_params]
+    return DirectPlan(dependant.request_param_name, params, direct)
 
 
-def _takes_only_the_request(dependant: Dependant) -> bool:
+def _takes_only_the_request(dependant: Dependant, path_params: bool = False) -> bool:
     params = (
-        dependant.path_params,
+        () if path_params else dependant.path_params,
         dependant.query_params,
         dependant.header_params,
         dependant.cookie_params,
@@ -155,31 +171,38 @@ def _takes_only_the_request(dependant: Dependant) -> bool:
     )
 
 
+Endpoint = Callable[..., Awaitable[Response]]
+
+
 class DirectRoute(APIRoute):
-    """An `APIRoute` that calls an endpoint of the shape `direct_dependencies` accepts without FastAPI's
-    generic request handler (request-scoped exit stacks, body reading, dependency solving, serialisation):
-    it awaits the dependencies in order, then the endpoint, and sends the `Response` it returns. Errors
-    raise into the app's exception handlers as from any route. Matching, `root_path`, middlewares and
-    OpenAPI are `APIRoute`'s. A request goes to the generic handler instead while `app.dependency_overrides`
-    holds anything, or while FastAPI's OpenTelemetry records it: those are the generic handler's to honour.
-    `direct` says whether the endpoint has the shape; a route whose endpoint has not is an `APIRoute`."""
+    """An `APIRoute` that calls an endpoint of the shape `direct_plan` accepts without FastAPI's generic
+    request handler (request-scoped exit stacks, body reading, dependency solving, serialisation): it takes
+    the path parameters from the match, awaits the dependencies in order, then the endpoint, and sends the
+    `Response` it returns. Errors raise into the app's exception handlers as from any route. Matching,
+    `root_path`, middlewares and OpenAPI are `APIRoute`'s. A request goes to the generic handler instead
+    while `app.dependency_overrides` holds anything, or while FastAPI's OpenTelemetry records it: those are
+    the generic handler's to honour; so does one whose path parameter a convertor made other than a `str`.
+    `direct` says whether the endpoint has the shape; a route whose endpoint has not is an `APIRoute`.
+
+    Only the route's own `app` is direct: add it to the app's router (`app.router.add_api_route`), since
+    FastAPI answers the routes of an included `APIRouter` through their `get_route_handler`. A subclass
+    that wraps the generic handler wraps the direct endpoint the same way in `direct_endpoint`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        dependencies = direct_dependencies(self.dependant)
-        endpoint, request_name = self.dependant.call, self.dependant.request_param_name
-        self.direct = dependencies is not None and endpoint is not None and request_name is not None
-        if dependencies is not None and endpoint is not None and request_name is not None:
-            self.app = self._direct_app(self.app, endpoint, request_name, dependencies)
+        plan = direct_plan(self.dependant)
+        endpoint = self.dependant.call
+        self.direct = plan is not None and endpoint is not None
+        if plan is not None and endpoint is not None:
+            self.app = self._direct_app(self.app, self.direct_endpoint(endpoint), plan)
 
-    def _direct_app(
-        self,
-        generic: ASGIApp,
-        endpoint: Callable[..., Awaitable[Response]],
-        request_name: str,
-        dependencies: list[tuple[str, DirectCall]],
-    ) -> ASGIApp:
+    def direct_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        """The endpoint the direct path calls (by keyword): `endpoint` itself here."""
+        return endpoint
+
+    def _direct_app(self, generic: ASGIApp, endpoint: Endpoint, plan: DirectPlan) -> ASGIApp:
         provider = self.dependency_overrides_provider
+        request_name, path_params, dependencies = plan.request, plan.path_params, plan.dependencies
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if getattr(provider, "dependency_overrides", None) or get_telemetry_data() is not None:
@@ -187,6 +210,14 @@ class DirectRoute(APIRoute):
                 return
             request = Request(scope, receive, send)
             values: dict[str, Any] = {request_name: request}
+            if path_params:
+                matched = scope["path_params"]
+                for name, key in path_params:
+                    value = matched[key]
+                    if type(value) is not str:
+                        await generic(scope, receive, send)
+                        return
+                    values[name] = value
             for name, call in dependencies:
                 values[name] = await call(request)
             response = await endpoint(**values)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import FastAPI, Path, Request, Response
+from fastapi.routing import APIRoute
 from starlette.convertors import Convertor, register_url_convertor
 
 from schemas.explain import MAX_PANELS
@@ -34,31 +35,41 @@ from service.adapters.plots import etag
 from service.deps import ModelsDep, SettingsDep, WorkerDep
 from service.engines import Call
 from service.errors import InternalError, ValidationFailed, as_service_error
-from service.http import JSONBody, JSONBytesResponse, StrictJSONRoute, json_response
+from service.http import DirectRoute, Endpoint, JSONBody, JSONBytesResponse, StrictJSONRoute, json_response
 from service.models import Lease, ModelRepository
 from service.routes.explanations import RESPONSES as EXPLANATION_RESPONSES
 from service.routes.explanations import wants_png
 from service.settings import Settings
 from service.worker import Worker
 
+P = ParamSpec("P")
 
-class TFServingRoute(StrictJSONRoute):
-    """A route whose problems also carry TF Serving's `error` member."""
+
+def with_error_member(call: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
+    """`call`, its problems also carrying TF Serving's `error` member (the detail)."""
+
+    async def answer(*args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            return await call(*args, **kwargs)
+        except Exception as exc:
+            error = as_service_error(exc)
+            if isinstance(error, InternalError):
+                raise  # a bug: the one handler logs it with its traceback
+            error.extra = {**error.extra, "error": error.detail}
+            raise error from exc
+
+    return answer
+
+
+class TFServingRoute(DirectRoute, StrictJSONRoute):
+    """A route whose problems also carry TF Serving's `error` member, called directly (`DirectRoute`)
+    where its endpoint allows it."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        return with_error_member(super().get_route_handler())  # type: ignore[return-value]
 
-        async def with_error_member(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                error = as_service_error(exc)
-                if isinstance(error, InternalError):
-                    raise  # a bug: the one handler logs it with its traceback
-                error.extra = {**error.extra, "error": error.detail}
-                raise error from exc
-
-        return with_error_member
+    def direct_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        return with_error_member(endpoint)
 
 
 class SegmentConvertor(Convertor[str]):
@@ -75,7 +86,27 @@ class SegmentConvertor(Convertor[str]):
 
 
 register_url_convertor("segment", SegmentConvertor())
-router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TFServingRoute)
+PREFIX = "/v1/models"
+ROUTES: list[tuple[str, Callable[..., Awaitable[Response]], dict[str, Any]]] = []
+"""`(path, endpoint, add_api_route's options)` of every route here, in the order `install` adds them."""
+
+
+def route(method: str, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """Declares `endpoint` a route of `install`'s (as `APIRouter.get`, but not added to a router yet)."""
+
+    def declare(endpoint: Endpoint) -> Endpoint:
+        ROUTES.append((PREFIX + path, endpoint, {"methods": [method], **options}))
+        return endpoint
+
+    return declare
+
+
+def install(app: FastAPI, route_class: type[APIRoute] = TFServingRoute) -> None:
+    """Add the routes to the app's own router, tagged `models`, as `TFServingRoute`s: the direct call of a
+    `DirectRoute` is the route's own app, which FastAPI's included routers do not use."""
+    for path, endpoint, options in ROUTES:
+        app.router.add_api_route(path, endpoint, route_class_override=route_class, tags=["models"], **options)
+
 
 READ_PROBLEMS = problem_responses(401, 404, 422)
 PREDICT_PROBLEMS = {**PROBLEM_RESPONSES, **problem_responses(404, 503)}
@@ -83,12 +114,13 @@ Name = Annotated[str, Path(description="The model's folder name in the repositor
 Version = Annotated[str, Path(description="A version: a positive integer.", examples=["1"])]
 
 
-@router.get("", response_model=ModelList, responses=problem_responses(401), summary="The served models")
+@route("GET", "", response_model=ModelList, responses=problem_responses(401), summary="The served models")
 async def list_models(models: ModelsDep) -> JSONBytesResponse:
     return json_response(adapt.model_list(models))
 
 
-@router.get(
+@route(
+    "GET",
     "/{name:segment}",
     response_model=ModelStatus,
     responses=READ_PROBLEMS,
@@ -98,7 +130,8 @@ async def model_status(name: Name, models: ModelsDep) -> JSONBytesResponse:
     return json_response(adapt.model_status(models.status(name)))
 
 
-@router.get(
+@route(
+    "GET",
     "/{name:segment}/versions/{version:segment}",
     response_model=ModelStatus,
     responses=READ_PROBLEMS,
@@ -108,7 +141,8 @@ async def model_version_status(name: Name, version: Version, models: ModelsDep) 
     return json_response(adapt.model_status(models.status(name, adapt.parse_version(version))))
 
 
-@router.get(
+@route(
+    "GET",
     "/{name:segment}/metadata",
     response_model=ModelMetadata,
     responses={**READ_PROBLEMS, **problem_responses(503)},
@@ -119,7 +153,8 @@ async def model_metadata(name: Name, models: ModelsDep) -> JSONBytesResponse:
         return json_response(adapt.model_metadata(lease))
 
 
-@router.get(
+@route(
+    "GET",
     "/{name:segment}/versions/{version:segment}/metadata",
     response_model=ModelMetadata,
     responses={**READ_PROBLEMS, **problem_responses(503)},
@@ -272,13 +307,11 @@ def _register(verb: Verb) -> None:
         return await _serve(verb, request, name, version, models, worker, settings)
 
     paths = ("/{name:segment}", "/{name:segment}/versions/{version:segment}")
-    for path, endpoint, suffix, summary in zip(
-        paths, (latest, versioned), ("", "_version"), verb.summaries, strict=True
-    ):
-        router.add_api_route(
+    endpoints: tuple[Endpoint, Endpoint] = (latest, versioned)
+    for path, endpoint, suffix, summary in zip(paths, endpoints, ("", "_version"), verb.summaries, strict=True):
+        route(
+            "POST",
             f"{path}:{verb.name}",
-            endpoint,  # type: ignore[arg-type]
-            methods=["POST"],
             name=verb.name + suffix,
             response_model=verb.response_model,
             response_model_exclude_none=verb.exclude_none,
@@ -286,7 +319,7 @@ def _register(verb: Verb) -> None:
             openapi_extra=verb.body.openapi,
             summary=summary,
             description=verb.description,
-        )
+        )(endpoint)
 
 
 for _verb in VERBS:
