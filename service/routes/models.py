@@ -32,7 +32,7 @@ from schemas.problems import PROBLEM_RESPONSES, problem_responses
 from service.adapters import models as adapt
 from service.adapters.explain import attribution_plot
 from service.adapters.plots import etag
-from service.deps import ModelsDep, SettingsDep, WorkerDep
+from service.deps import ModelsDep, WorkerDep
 from service.engines import Call
 from service.errors import InternalError, ValidationFailed, as_service_error
 from service.http import DirectRoute, Endpoint, JSONBody, JSONBytesResponse, StrictJSONRoute, json_response
@@ -279,32 +279,25 @@ VERBS = (
 
 
 async def _serve(  # noqa: PLR0917  (the endpoints pass FastAPI's arguments on)
-    verb: Verb,
-    request: Request,
-    name: str,
-    version: str | None,
-    models: ModelRepository,
-    worker: Worker,
-    settings: Settings,
+    verb: Verb, request: Request, name: str, version: str | None, models: ModelRepository, worker: Worker
 ) -> Response:
     body = (await verb.body.read(request)).model  # a body that is not JSON is a 400 whatever the path says
     number = None if version is None else adapt.parse_version(version)
     with models.lease(name, number) as lease:
-        return await verb.answer(body, lease, worker, settings, request)
+        # the settings are the worker's (the app's one object): a dependency of its own costs every request
+        return await verb.answer(body, lease, worker, worker.settings, request)
 
 
 def _register(verb: Verb) -> None:
     """Both paths of `verb`; the operation ids are `verb` and `verb_version`."""
 
-    async def latest(
-        request: Request, name: Name, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
-    ) -> Response:
-        return await _serve(verb, request, name, None, models, worker, settings)
+    async def latest(request: Request, name: Name, models: ModelsDep, worker: WorkerDep) -> Response:
+        return await _serve(verb, request, name, None, models, worker)
 
-    async def versioned(  # noqa: PLR0917  (FastAPI passes dependencies by keyword)
-        request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep, settings: SettingsDep
+    async def versioned(
+        request: Request, name: Name, version: Version, models: ModelsDep, worker: WorkerDep
     ) -> Response:
-        return await _serve(verb, request, name, version, models, worker, settings)
+        return await _serve(verb, request, name, version, models, worker)
 
     paths = ("/{name:segment}", "/{name:segment}/versions/{version:segment}")
     endpoints: tuple[Endpoint, Endpoint] = (latest, versioned)
