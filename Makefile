@@ -35,10 +35,11 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# the performance table, the served models' table (bench/results/models.md), then the fault scenarios
-# (replicas behind real nginx) into README's table
+# the performance table, the explanations' table, the served models' table (bench/results/models.md), then
+# the fault scenarios (replicas behind real nginx) into README's table
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.explain
 	$(BIN)/python -m bench.models
 	$(BIN)/python -m bench.faults
 

@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 
 from schemas.networks import SEED_FEATURES, SEED_REQUEST, SEED_WEIGHTS
+from tests.live_server import poll_ready
 from tests.packages import ensure_debian_package
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,17 +123,10 @@ def serve(name: str, command: Sequence[str], env: dict[str, str], log_dir: Path)
         process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
         base = f"http://127.0.0.1:{port}"
         try:
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"{name} exited; see {log_dir / (name + '.log')}")
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() - started > 120:
-                    raise SystemExit(f"{name} not ready after 120 s")
-                time.sleep(0.01)
+            try:
+                poll_ready(base, 120, lambda: None if process.poll() is None else "exited", interval_s=0.01)
+            except RuntimeError as error:
+                raise SystemExit(f"{name}: {error}; see {log_dir / (name + '.log')}") from error
             yield Server(name, process, base, time.monotonic() - started)
         finally:
             process.terminate()

@@ -33,9 +33,9 @@ def free_port() -> int:
         return port
 
 
-def poll_ready(base: str, timeout_s: float, ended: Callable[[], str | None]) -> None:
-    """Poll `base`/readyz until it answers 200; raise if `ended()` says why the server is gone, or after
-    `timeout_s`."""
+def poll_ready(base: str, timeout_s: float, ended: Callable[[], str | None], *, interval_s: float = 0.05) -> None:
+    """Poll `base`/readyz every `interval_s` until it answers 200; raise RuntimeError if `ended()` says why the
+    server is gone, or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         gone = ended()
@@ -48,7 +48,7 @@ def poll_ready(base: str, timeout_s: float, ended: Callable[[], str | None]) -> 
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.05)
+        time.sleep(interval_s)
 
 
 @contextmanager

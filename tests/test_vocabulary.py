@@ -11,7 +11,7 @@ from schemas.networks import Layer, NetworkRequest
 from schemas.tensors import TensorB64, TensorFlat, TensorOut
 from service import vocabulary
 from service.compute.activations import ACTIVATION_FUNCTIONS, CATALOGUE
-from service.compute.networks import BIASES, INCLUDES, LOSSES, REDUCTIONS
+from service.compute.networks.problem import BIASES, INCLUDES, LOSSES, REDUCTIONS
 
 
 def test_compute_implements_exactly_the_names_the_schemas_accept() -> None:

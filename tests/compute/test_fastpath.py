@@ -9,9 +9,10 @@ import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 from tensorflow.python.eager import execute as tf_execute
 
-from service.compute.networks import INCLUDES, FloatDType, seed_problem
+from service.compute.networks import seed_problem
 from service.compute.networks.engine import NetworkEngine
 from service.compute.networks.fastpath import direct_call, fastest_call, public_call
+from service.compute.networks.problem import INCLUDES, FloatDType
 
 
 def test_the_private_pieces_the_fast_path_uses_exist() -> None:

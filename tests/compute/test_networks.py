@@ -11,17 +11,9 @@ import pytest
 import tensorflow as tf
 
 from service.compute.errors import InvalidInput
-from service.compute.networks import (
-    INCLUDES,
-    FloatDType,
-    Loss,
-    NetworkProblem,
-    NetworkResult,
-    Reduction,
-    prepare_network,
-    seed_problem,
-)
+from service.compute.networks import NetworkProblem, NetworkResult, prepare_network, seed_problem
 from service.compute.networks.engine import NetworkEngine
+from service.compute.networks.problem import INCLUDES, FloatDType, Loss, Reduction
 
 Array = npt.NDArray[Any]
 

@@ -196,12 +196,14 @@ async def crash(cluster: Cluster, lengths: Lengths) -> Result:
         await asyncio.sleep(max(lengths.crash_seconds - recorder.now(), lengths.quiet_s))
 
     recorder = await under_load(cluster.balancer.port, mixed_calls(), lengths.crash_connections, faults)
-    phases = [
-        Phase("before", 0, marks["kill"]),
-        Phase("during (killed → ready again)", marks["kill"], marks["ready"]),
-        Phase("after", marks["ready"], float("inf")),
-    ]
+    phases = three_phases("killed → ready again", marks["kill"], marks["ready"])
     return summarize("(a) crash: SIGKILL 1 of 3, restart", recorder, phases, cluster.balancer, marks)
+
+
+def three_phases(during: str, start: float, end: float, *, inner: tuple[float, float] | None = None) -> list[Phase]:
+    """Before `start`, during (from `inner`'s first to its last, by default `start` to `end`), after `end`."""
+    low, high = inner or (start, end)
+    return [Phase("before", 0, start), Phase(f"during ({during})", low, high), Phase("after", end, float("inf"))]
 
 
 def summarize(name: str, recorder: Recorder, phases: list[Phase], nginx: Nginx, notes: dict[str, Any]) -> Result:
@@ -235,11 +237,7 @@ async def drain(cluster: Cluster, lengths: Lengths) -> Result:
         await asyncio.sleep(lengths.quiet_s)
 
     recorder = await under_load(cluster.balancer.port, mixed_calls(), lengths.drain_connections, faults)
-    phases = [
-        Phase("before", 0, marks["first_sigterm"]),
-        Phase("during (rolling SIGTERM → all back)", marks["first_sigterm"], marks["last_rejoined"]),
-        Phase("after", marks["last_rejoined"], float("inf")),
-    ]
+    phases = three_phases("rolling SIGTERM → all back", marks["first_sigterm"], marks["last_rejoined"])
     return summarize("(b) rolling drain: SIGTERM 3 of 3 in turn", recorder, phases, cluster.balancer, marks)
 
 
@@ -280,11 +278,7 @@ async def burst(cluster: Cluster, lengths: Lengths) -> Result:
         # from the burst's end to the end of the last normal request that was not a correct 200
         "normal_after_s": max((o.started + o.latency - end for o in bad), default=0.0),
     }
-    phases = [
-        Phase("before", 0, start),
-        Phase(f"during ({lengths.burst_connections} connections)", start, end),
-        Phase("after", end, float("inf")),
-    ]
+    phases = three_phases(f"{lengths.burst_connections} connections", start, end)
     return summarize("(c) burst: 10× capacity, 1 replica", recorder, phases, cluster.single, notes)
 
 
@@ -320,11 +314,7 @@ async def slow_clients(cluster: Cluster, lengths: Lengths) -> Result:
     await probes
     tally = orjson.loads(output.splitlines()[-1])
     # the loris process needs a moment to start: "during" is while its connections are all open and trickling
-    phases = [
-        Phase("before", 0, start),
-        Phase(f"during ({lengths.loris_connections} slow clients)", start + 1.0, end - 0.5),
-        Phase("after", end, float("inf")),
-    ]
+    phases = three_phases(f"{lengths.loris_connections} slow clients", start, end, inner=(start + 1.0, end - 0.5))
     return summarize("(d) slow clients, 1 replica", recorder, phases, cluster.single, {"loris": tally})
 
 

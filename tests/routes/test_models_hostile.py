@@ -36,12 +36,22 @@ def raw(name: str, path: str, body: bytes, status: int, slug: str, **kw: Any) ->
     return Case(name, "POST", path, status, slug, body=body, **kw)
 
 
+def invalid(name: str, path: str, body: Any, **kw: Any) -> Case:
+    """A body the schema refuses: 422 validation."""
+    return post(name, path, body, 422, "validation", **kw)
+
+
 def get(name: str, path: str, status: int, slug: str, **kw: Any) -> Case:
     return Case(name, "GET", path, status, slug, content_type=None, **kw)
 
 
 def b64(array: np.ndarray) -> str:
     return base64.b64encode(array.tobytes()).decode()
+
+
+def one_row_b64(dtype: str, values: np.ndarray) -> dict[str, Any]:
+    """A columnar body of one row of x, declared `dtype`, carrying `values`' bytes."""
+    return {"inputs": {"x": {"shape": [1, 4], "dtype": dtype, "b64": b64(values)}}}
 
 
 INSTANCES = ("body", "instances")
@@ -52,21 +62,21 @@ CASES = [
     raw("empty body", SEQ, b"", 400, "malformed-json"),
     raw("nan token", SEQ, b'{"instances": [[NaN, 1, 2, 3]]}', 400, "malformed-json"),
     raw("text/plain", SEQ, b'{"instances": [[1, 2, 3, 4]]}', 415, "unsupported-media-type", content_type="text/plain"),
-    post("a list body", SEQ, [[1, 2, 3, 4]], 422, "validation", loc=("body",)),
-    post("neither format", SEQ, {"signature_name": "serving_default"}, 422, "validation", loc=("body",)),
-    post("both formats", SEQ, {"instances": [GOOD_ROW], "inputs": [GOOD_ROW]}, 422, "validation", loc=("body",)),
-    post("unknown field", SEQ, {"instance": [GOOD_ROW]}, 422, "validation", loc=("body", "instance")),
-    post("instances a string", SEQ, {"instances": "1, 2, 3, 4"}, 422, "validation", loc=INSTANCES),
-    post("instances empty", SEQ, {"instances": []}, 422, "validation", loc=INSTANCES),
-    post("inputs a boolean", SEQ, {"inputs": True}, 422, "validation", loc=INPUTS, says="boolean"),
-    post("inputs null", SEQ, {"inputs": None}, 422, "validation", loc=("body",)),
+    invalid("a list body", SEQ, [[1, 2, 3, 4]], loc=("body",)),
+    invalid("neither format", SEQ, {"signature_name": "serving_default"}, loc=("body",)),
+    invalid("both formats", SEQ, {"instances": [GOOD_ROW], "inputs": [GOOD_ROW]}, loc=("body",)),
+    invalid("unknown field", SEQ, {"instance": [GOOD_ROW]}, loc=("body", "instance")),
+    invalid("instances a string", SEQ, {"instances": "1, 2, 3, 4"}, loc=INSTANCES),
+    invalid("instances empty", SEQ, {"instances": []}, loc=INSTANCES),
+    invalid("inputs a boolean", SEQ, {"inputs": True}, loc=INPUTS, says="boolean"),
+    invalid("inputs null", SEQ, {"inputs": None}, loc=("body",)),
     # values
-    post("a string value", SEQ, {"instances": [[1, "2", 3, 4]]}, 422, "validation", loc=(*INSTANCES, 0, 1)),
-    post("a boolean value", SEQ, {"instances": [[1, 2, True, 4]]}, 422, "validation", loc=(*INSTANCES, 0, 2)),
-    post("a null instance", SEQ, {"instances": [GOOD_ROW, None]}, 422, "validation", loc=(*INSTANCES, 1)),
-    post("ragged instances", SEQ, {"instances": [GOOD_ROW, [1, 2]]}, 422, "validation", loc=(*INSTANCES, 1)),
-    post("float32 overflow", SEQ, {"instances": [[1e39, 0, 0, 0]]}, 422, "validation", loc=INSTANCES, says="float32"),
-    post("too deep", SEQ, {"inputs": [[[[[[[[[[1]]]]]]]]]]}, 422, "validation", loc=INPUTS, says="rank"),
+    invalid("a string value", SEQ, {"instances": [[1, "2", 3, 4]]}, loc=(*INSTANCES, 0, 1)),
+    invalid("a boolean value", SEQ, {"instances": [[1, 2, True, 4]]}, loc=(*INSTANCES, 0, 2)),
+    invalid("a null instance", SEQ, {"instances": [GOOD_ROW, None]}, loc=(*INSTANCES, 1)),
+    invalid("ragged instances", SEQ, {"instances": [GOOD_ROW, [1, 2]]}, loc=(*INSTANCES, 1)),
+    invalid("float32 overflow", SEQ, {"instances": [[1e39, 0, 0, 0]]}, loc=INSTANCES, says="float32"),
+    invalid("too deep", SEQ, {"inputs": [[[[[[[[[[1]]]]]]]]]]}, loc=INPUTS, says="rank"),
     post(
         "too many elements",
         SEQ,
@@ -84,79 +94,36 @@ CASES = [
         "payload-too-large",
     ),
     # shapes and dtypes against the signature
-    post("wrong instance shape", SEQ, {"instances": [[1, 2, 3]]}, 422, "validation", loc=INSTANCES, says="shape [4]"),
-    post("wrong rank", SEQ, {"inputs": GOOD_ROW}, 422, "validation", loc=INPUTS, says="shape [-1, 4]"),
-    post("scalar input", SEQ_V1, {"inputs": 3.0}, 422, "validation", loc=INPUTS, says="float32"),
-    post(
-        "bad b64", SEQ, {"inputs": {"x": {"shape": [1, 4], "b64": "***"}}}, 422, "validation", loc=(*INPUTS, "x", "b64")
+    invalid("wrong instance shape", SEQ, {"instances": [[1, 2, 3]]}, loc=INSTANCES, says="shape [4]"),
+    invalid("wrong rank", SEQ, {"inputs": GOOD_ROW}, loc=INPUTS, says="shape [-1, 4]"),
+    invalid("scalar input", SEQ_V1, {"inputs": 3.0}, loc=INPUTS, says="float32"),
+    invalid("bad b64", SEQ, {"inputs": {"x": {"shape": [1, 4], "b64": "***"}}}, loc=(*INPUTS, "x", "b64")),
+    invalid("b64 byte count", SEQ, one_row_b64("float32", np.zeros(3, np.float32)), loc=(*INPUTS, "x", "b64")),
+    invalid(
+        "flat data length", SEQ, {"inputs": {"x": {"shape": [2, 4], "data": GOOD_ROW}}}, loc=(*INPUTS, "x", "data")
     ),
-    post(
-        "b64 byte count",
-        SEQ,
-        {"inputs": {"x": {"shape": [1, 4], "dtype": "float32", "b64": b64(np.zeros(3, np.float32))}}},
-        422,
-        "validation",
-        loc=(*INPUTS, "x", "b64"),
-    ),
-    post(
-        "flat data length",
-        SEQ,
-        {"inputs": {"x": {"shape": [2, 4], "data": GOOD_ROW}}},
-        422,
-        "validation",
-        loc=(*INPUTS, "x", "data"),
-    ),
-    post(
-        "unknown input",
-        TWO,
-        {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3]], "c": [1]}},
-        422,
-        "validation",
-        loc=(*INPUTS, "c"),
-    ),
-    post(
-        "missing input", TWO, {"inputs": {"a": [[1, 2]]}}, 422, "validation", loc=(*INPUTS, "b"), says="shape [-1, 3]"
-    ),
-    post("unnamed inputs", TWO, {"inputs": [[1, 2]]}, 422, "validation", loc=INPUTS, says="'a', 'b'"),
-    post("unnamed instances", TWO, {"instances": [[1, 2]]}, 422, "validation", loc=(*INSTANCES, 0)),
-    post(
+    invalid("unknown input", TWO, {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3]], "c": [1]}}, loc=(*INPUTS, "c")),
+    invalid("missing input", TWO, {"inputs": {"a": [[1, 2]]}}, loc=(*INPUTS, "b"), says="shape [-1, 3]"),
+    invalid("unnamed inputs", TWO, {"inputs": [[1, 2]]}, loc=INPUTS, says="'a', 'b'"),
+    invalid("unnamed instances", TWO, {"instances": [[1, 2]]}, loc=(*INSTANCES, 0)),
+    invalid(
         "instance missing an input",
         TWO,
         {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, {"a": [1, 2]}]},
-        422,
-        "validation",
         loc=(*INSTANCES, 1, "b"),
     ),
-    post(
+    invalid(
         "a bad value in a named instance",
         TWO,
         {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, {"a": [1, "x"], "b": [1, 2, 3]}]},
-        422,
-        "validation",
         loc=(*INSTANCES, 1, "a", 1),
     ),
-    post(
-        "mixed instances",
-        TWO,
-        {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, [1, 2]]},
-        422,
-        "validation",
-        loc=(*INSTANCES, 1),
-    ),
-    post(
-        "batch sizes that differ",
-        TWO,
-        {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3], [4, 5, 6]]}},
-        422,
-        "validation",
-        loc=INPUTS,
-    ),
-    post(
+    invalid("mixed instances", TWO, {"instances": [{"a": [1, 2], "b": [1, 2, 3]}, [1, 2]]}, loc=(*INSTANCES, 1)),
+    invalid("batch sizes that differ", TWO, {"inputs": {"a": [[1, 2]], "b": [[1, 2, 3], [4, 5, 6]]}}, loc=INPUTS),
+    invalid(
         "a fraction for an int64 input",
         COUNTER,
         {"inputs": {"x": [[1, 2]], "steps": [1.5]}},
-        422,
-        "validation",
         loc=(*INPUTS, "steps"),
         says="int64",
     ),
@@ -169,38 +136,27 @@ CASES = [
         loc=(*INPUTS, "steps"),
     ),
     # signatures
-    post(
+    invalid(
         "unknown signature",
         SEQ,
         {"signature_name": "nope", "instances": [GOOD_ROW]},
-        422,
-        "validation",
         loc=("body", "signature_name"),
         says="serving_default",
     ),
-    post(
+    invalid(
         "no default signature",
         "/v1/models/quad:predict",
         {"instances": [[1, 2]]},
-        422,
-        "validation",
         loc=("body", "signature_name"),
         says="score",
     ),
-    post(
-        "a numeric signature name",
-        SEQ,
-        {"signature_name": 5, "instances": [GOOD_ROW]},
-        422,
-        "validation",
-        loc=("body", "signature_name"),
+    invalid(
+        "a numeric signature name", SEQ, {"signature_name": 5, "instances": [GOOD_ROW]}, loc=("body", "signature_name")
     ),
-    post(
+    invalid(
         "a huge signature name",
         SEQ,
         {"signature_name": "s" * 300, "instances": [GOOD_ROW]},
-        422,
-        "validation",
         loc=("body", "signature_name"),
     ),
     # models and versions in the path
@@ -208,12 +164,10 @@ CASES = [
     post("unknown version", "/v1/models/seq/versions/7:predict", {"instances": [GOOD_ROW]}, 404, "model-not-found"),
     post("version 0", "/v1/models/seq/versions/0:predict", {"instances": [GOOD_ROW]}, 404, "model-not-found"),
     *(
-        post(
+        invalid(
             f"version {raw_version!r}",
             f"/v1/models/seq/versions/{raw_version}:predict",
             {"instances": [GOOD_ROW]},
-            422,
-            "validation",
             loc=("path", "version"),
         )
         for raw_version in ("abc", "-1", "1.5", "1e3", "%D9%A3", "9" * 20, "%20")
@@ -226,13 +180,11 @@ CASES = [
     get("metadata of an unknown version", "/v1/models/seq/versions/3/metadata", 404, "model-not-found"),
     get("a verb by GET", "/v1/models/seq:predict", 405, "method-not-allowed"),  # a POST-only path
     # the rest of §1's forms
-    post("a NaN string", SEQ, {"instances": [["NaN", 1, 2, 3]]}, 422, "validation", loc=(*INSTANCES, 0, 0)),
-    post(
+    invalid("a NaN string", SEQ, {"instances": [["NaN", 1, 2, 3]]}, loc=(*INSTANCES, 0, 0)),
+    invalid(
         "an Infinity string",
         SEQ,
         {"inputs": {"x": [[1, 2, "-Infinity", 4]]}},
-        422,
-        "validation",
         loc=(*INPUTS, "x", 0, 2),
         says="non-finite",
     ),
@@ -247,32 +199,18 @@ CASES = [
         loc=(*INPUTS, "x", "shape"),
         says="TAPESERVE_MAX_ELEMENTS",
     ),
-    post(
-        "a negative size",
-        SEQ,
-        {"inputs": {"x": {"shape": [-1, 4], "data": GOOD_ROW}}},
-        422,
-        "validation",
-        loc=(*INPUTS, "x", "shape"),
+    invalid(
+        "a negative size", SEQ, {"inputs": {"x": {"shape": [-1, 4], "data": GOOD_ROW}}}, loc=(*INPUTS, "x", "shape")
     ),
-    post(
-        "an unknown dtype",
-        SEQ,
-        {"inputs": {"x": {"shape": [1, 4], "dtype": "float16", "b64": b64(np.zeros(4, np.float16))}}},
-        422,
-        "validation",
-        loc=(*INPUTS, "x", "dtype"),
-    ),
-    post(
+    invalid("an unknown dtype", SEQ, one_row_b64("float16", np.zeros(4, np.float16)), loc=(*INPUTS, "x", "dtype")),
+    invalid(
         "float32 bytes declared float64",
         SEQ,
-        {"inputs": {"x": {"shape": [1, 4], "dtype": "float64", "b64": b64(np.zeros(4, np.float32))}}},
-        422,
-        "validation",
+        one_row_b64("float64", np.zeros(4, np.float32)),
         loc=(*INPUTS, "x", "b64"),
         says="32 bytes",
     ),
-    post("an empty signature name", SEQ, {"signature_name": "", "instances": [GOOD_ROW]}, 422, "validation"),
+    invalid("an empty signature name", SEQ, {"signature_name": "", "instances": [GOOD_ROW]}),
 ]
 
 CHECK = "/v1/gradient-check"
@@ -282,34 +220,31 @@ ONE = {"inputs": [GOOD_ROW]}
 X2 = {"a": [[1.0, 2.0]], "b": [[1.0, 2.0, 3.0]]}
 CLASS = ("body", "class_index")
 OUTPUT = ("body", "output")
+INPUT = ("body", "input")
+COUNTER_MODEL = "/v1/models/counter"
+COUNTER_ROW = {"inputs": {"x": [[1, 2]], "steps": [1]}}
 VERB_CASES = [
     # the derivative verbs' own tensors and fields, in §1's hostile forms
-    post(
+    invalid(
         "a NaN cotangent",
         SEQ_GRADIENTS,
         {**ONE, "output_gradients": [["NaN", 1, 2]]},
-        422,
-        "validation",
         loc=("body", "output_gradients", 0, 0),
     ),
-    post(
+    invalid(
         "a cotangent's byte count",
         SEQ_GRADIENTS,
         {**ONE, "output_gradients": {"shape": [1, 3], "dtype": "float32", "b64": "AAAA"}},
-        422,
-        "validation",
         loc=("body", "output_gradients", "b64"),
     ),
-    post(
+    invalid(
         "a ragged cotangent",
         SEQ_GRADIENTS,
         {**ONE, "output_gradients": [[1, 2, 3], [1]]},
-        422,
-        "validation",
         loc=("body", "output_gradients"),
     ),
     *(
-        post(f"a {kind} class", SEQ_GRADIENTS, {**ONE, "class_index": value}, 422, "validation", loc=CLASS)
+        invalid(f"a {kind} class", SEQ_GRADIENTS, {**ONE, "class_index": value}, loc=CLASS)
         for kind, value in (("boolean", True), ("fractional", 1.5), ("string", "1"))
     ),
     raw(
@@ -320,99 +255,35 @@ VERB_CASES = [
         "validation",
         loc=CLASS,
     ),
-    post(
-        "a string class in a list",
-        SEQ_GRADIENTS,
-        {**ONE, "class_index": ["1"]},
-        422,
-        "validation",
-        loc=("body", "class_index"),
-    ),
-    post(
-        "fractional labels",
-        SEQ_GRADIENTS,
-        {**ONE, "loss": {"labels": [1.5]}},
-        422,
-        "validation",
-        loc=("body", "loss", "labels"),
-    ),
-    post(
+    invalid("a string class in a list", SEQ_GRADIENTS, {**ONE, "class_index": ["1"]}, loc=CLASS),
+    invalid("fractional labels", SEQ_GRADIENTS, {**ONE, "loss": {"labels": [1.5]}}, loc=("body", "loss", "labels")),
+    invalid(
         "labels out of range",
         SEQ_GRADIENTS,
         {**ONE, "loss": {"labels": [3]}},
-        422,
-        "validation",
         loc=("body", "loss", "labels"),
         says="[0, 3)",
     ),
-    post(
+    invalid(
         "non-finite targets",
         SEQ_GRADIENTS,
         {**ONE, "loss": {"targets": [[1, 0, "Infinity"]]}},
-        422,
-        "validation",
         loc=("body", "loss", "targets", 0, 2),
     ),
-    post(
-        "too many sources",
-        SEQ_GRADIENTS,
-        {**ONE, "sources": ["inputs"] * 2000},
-        422,
-        "validation",
-        loc=("body", "sources"),
+    invalid("too many sources", SEQ_GRADIENTS, {**ONE, "sources": ["inputs"] * 2000}, loc=("body", "sources")),
+    # an integer tensor has no gradient: named as the output, or as the Jacobian's input
+    *(
+        invalid(f"an integer {what}", f"{COUNTER_MODEL}:{verb}", {**COUNTER_ROW, **names}, loc=loc, says="int64")
+        for what, verb, names, loc in (
+            ("output's gradient", "gradients", {"output": "count"}, OUTPUT),
+            ("input's Jacobian", "jacobian", {"output": "y", "input": "steps"}, INPUT),
+            ("output's Jacobian", "jacobian", {"output": "count", "input": "x"}, OUTPUT),
+        )
     ),
-    post(
-        "an integer output's gradient",
-        "/v1/models/counter:gradients",
-        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "count"},
-        422,
-        "validation",
-        loc=("body", "output"),
-        says="int64",
-    ),
-    post(
-        "a class per instance, miscounted",
-        SEQ_JACOBIAN,
-        {**ONE, "class_index": [0, 1]},
-        422,
-        "validation",
-        loc=("body", "class_index"),
-    ),
-    post("a negative class", SEQ_JACOBIAN, {**ONE, "class_index": -1}, 422, "validation", loc=("body", "class_index")),
-    post(
-        "an integer input's Jacobian",
-        "/v1/models/counter:jacobian",
-        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "y", "input": "steps"},
-        422,
-        "validation",
-        loc=("body", "input"),
-        says="int64",
-    ),
-    post(
-        "an integer output's Jacobian",
-        "/v1/models/counter:jacobian",
-        {"inputs": {"x": [[1, 2]], "steps": [1]}, "output": "count", "input": "x"},
-        422,
-        "validation",
-        loc=("body", "output"),
-        says="int64",
-    ),
-    post(
-        "several outputs, none named",
-        "/v1/models/two:gradients",
-        {"inputs": X2},
-        422,
-        "validation",
-        loc=("body", "output"),
-    ),
-    post(
-        "several inputs, none named",
-        "/v1/models/two:jacobian",
-        {"inputs": X2, "output": "risk"},
-        422,
-        "validation",
-        loc=("body", "input"),
-    ),
+    invalid("a class per instance, miscounted", SEQ_JACOBIAN, {**ONE, "class_index": [0, 1]}, loc=CLASS),
+    invalid("a negative class", SEQ_JACOBIAN, {**ONE, "class_index": -1}, loc=CLASS),
+    invalid("several outputs, none named", "/v1/models/two:gradients", {"inputs": X2}, loc=OUTPUT),
+    invalid("several inputs, none named", "/v1/models/two:jacobian", {"inputs": X2, "output": "risk"}, loc=INPUT),
 ]
 
 CHOICES: dict[str, dict[str, dict[str, str]]] = {

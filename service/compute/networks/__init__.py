@@ -10,48 +10,11 @@ By role, so that what the adapters need never loads TensorFlow:
 * `engine`: `NetworkEngine`, the bounded cache of compiled functions; merges problems of one spec into one
   call and splits the answer back. Imported by the worker's engines only.
 
-This package exports the numpy side; the engine is `service.compute.networks.engine.NetworkEngine`.
+This package exports what the adapters call; the vocabulary's tuples and the types are in `problem`, the
+engine is `service.compute.networks.engine.NetworkEngine`.
 """
 
 from service.compute.networks.prepare import prepare_network, seed_problem
-from service.compute.networks.problem import (
-    BIASES,
-    FLOAT_DTYPES,
-    INCLUDES,
-    LOSSES,
-    REDUCTIONS,
-    SEED_FEATURES,
-    SEED_LABEL,
-    SEED_WEIGHTS,
-    Bias,
-    FloatDType,
-    Include,
-    Loss,
-    NetworkProblem,
-    NetworkResult,
-    NetworkSpec,
-    Reduction,
-    batch_bucket,
-)
+from service.compute.networks.problem import SEED_FEATURES, SEED_WEIGHTS, NetworkProblem, NetworkResult
 
-__all__ = [
-    "BIASES",
-    "FLOAT_DTYPES",
-    "INCLUDES",
-    "LOSSES",
-    "REDUCTIONS",
-    "SEED_FEATURES",
-    "SEED_LABEL",
-    "SEED_WEIGHTS",
-    "Bias",
-    "FloatDType",
-    "Include",
-    "Loss",
-    "NetworkProblem",
-    "NetworkResult",
-    "NetworkSpec",
-    "Reduction",
-    "batch_bucket",
-    "prepare_network",
-    "seed_problem",
-]
+__all__ = ["SEED_FEATURES", "SEED_WEIGHTS", "NetworkProblem", "NetworkResult", "prepare_network", "seed_problem"]

@@ -270,24 +270,15 @@ class Compare(Expression):
             return run.record(self.op.tensor(to_tensorflow(left), to_tensorflow(right)))
 
 
-@dataclass(frozen=True, slots=True)
-class DType(Expression):
-    """`tf.float32` and the other dtype constants: the only attributes a program may read."""
-
-    dtype: tf.DType
-
-    @classmethod
-    def check(cls, node: ast.Attribute, checker: Checker) -> Expression:
-        name = dotted(node)
-        checker.reject_dunder_attributes(node)
-        if name is not None and name in DTYPES:
-            return cls(DTYPES[name])
-        if name is not None and name.split(".")[0] == "tf":
-            raise checker.error(node, unavailable(name))
-        raise checker.error(node, f"attribute access (.{node.attr}) is not allowed; only .numpy() may be called")
-
-    def evaluate(self, run: Run) -> Any:
-        return self.dtype
+def dtype_constant(node: ast.Attribute, checker: Checker) -> Expression:
+    """`tf.float32` and the other dtype constants, the only attributes a program may read: a `Constant`."""
+    name = dotted(node)
+    checker.reject_dunder_attributes(node)
+    if name is not None and name in DTYPES:
+        return Constant(DTYPES[name])
+    if name is not None and name.split(".")[0] == "tf":
+        raise checker.error(node, unavailable(name))
+    raise checker.error(node, f"attribute access (.{node.attr}) is not allowed; only .numpy() may be called")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,16 @@ import ast
 
 from service.compute.program.calls import check_call
 from service.compute.program.checker import Language
-from service.compute.program.expressions import BinOp, Compare, Constant, DType, Name, Sequence, Subscript, UnaryOp
+from service.compute.program.expressions import (
+    BinOp,
+    Compare,
+    Constant,
+    Name,
+    Sequence,
+    Subscript,
+    UnaryOp,
+    dtype_constant,
+)
 from service.compute.program.statements import (
     Assign,
     AugAssign,
@@ -82,7 +91,7 @@ TAPE_LANGUAGE = Language(
         ast.UnaryOp: UnaryOp.check,
         ast.Compare: Compare.check,
         ast.Call: check_call,
-        ast.Attribute: DType.check,
+        ast.Attribute: dtype_constant,
         ast.Subscript: Subscript.check,
     },
     targets={

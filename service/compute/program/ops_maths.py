@@ -4,13 +4,12 @@ comparisons, reductions. Each entry is an `OpSpec` built by keyword; add a funct
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from functools import partial
 
 import tensorflow as tf
 
 from service.compute.program import sizes
-from service.compute.program.opspec import OpSpec, Param, params
+from service.compute.program.opspec import OpSpec, params
 
 X = params("x")
 XY = params("x", "y")
@@ -18,44 +17,15 @@ FEATURES = params("features")
 REDUCE = params("input_tensor", axis=None, keepdims=False)
 
 
-def unary(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
-    """An element-wise function of `x`: its result has x's size."""
-    return OpSpec(name=name, fn=fn, tf_names=tf_names, params=X, summary=summary, size=sizes.no_growth, data=("x",))
-
-
-def activation(
-    *, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str, extra: tuple[Param, ...] = ()
-) -> OpSpec:
-    """An activation of `features` (with `extra` parameters after it): its result has features' size."""
-    return OpSpec(
-        name=name,
-        fn=fn,
-        tf_names=tf_names,
-        params=FEATURES + extra,
-        summary=summary,
-        size=sizes.no_growth,
-        data=("features",),
-    )
-
-
-def binary(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
-    """A broadcasting function of `x` and `y`."""
-    return OpSpec(
-        name=name, fn=fn, tf_names=tf_names, params=XY, summary=summary, size=sizes.broadcast("x", "y"), data=("x", "y")
-    )
-
-
-def reduction(*, name: str, fn: Callable[..., Any], tf_names: tuple[str, ...], summary: str) -> OpSpec:
-    """A reduction of `input_tensor` over `axis` (all axes by default)."""
-    return OpSpec(
-        name=name,
-        fn=fn,
-        tf_names=tf_names,
-        params=REDUCE,
-        summary=summary,
-        size=sizes.no_growth,
-        data=("input_tensor",),
-    )
+# The families: OpSpec with the parameters, size rule and data a family shares; rows give the rest by keyword.
+unary = partial(OpSpec, params=X, size=sizes.no_growth, data=("x",))
+"""An element-wise function of `x`: its result has x's size."""
+activation = partial(OpSpec, params=FEATURES, size=sizes.no_growth, data=("features",))
+"""An activation of `features` (a row may add parameters after it): its result has features' size."""
+binary = partial(OpSpec, params=XY, size=sizes.broadcast("x", "y"), data=("x", "y"))
+"""A broadcasting function of `x` and `y`."""
+reduction = partial(OpSpec, params=REDUCE, size=sizes.no_growth, data=("input_tensor",))
+"""A reduction of `input_tensor` over `axis` (all axes by default)."""
 
 
 MATHS: tuple[OpSpec, ...] = (
@@ -97,7 +67,7 @@ MATHS: tuple[OpSpec, ...] = (
         summary="features if > 0 else alpha·features; alpha defaults to 0.2 as in TensorFlow (the seed uses 0.01). "
         "TensorFlow keeps alpha as a float32 attribute, so in float64 alpha=0.01 acts as 0.009999999776482582, "
         "as it does in-process; tf.maximum(0.01 * features, features) is exact (as /v1/activations computes it).",
-        extra=params(alpha=0.2),
+        params=FEATURES + params(alpha=0.2),
     ),
     activation(name="elu", fn=tf.nn.elu, tf_names=("tf.nn.elu",), summary="Exponential linear unit."),
     activation(name="selu", fn=tf.nn.selu, tf_names=("tf.nn.selu",), summary="Scaled exponential linear unit."),
@@ -106,7 +76,7 @@ MATHS: tuple[OpSpec, ...] = (
         fn=tf.nn.gelu,
         tf_names=("tf.nn.gelu",),
         summary="Gaussian error linear unit.",
-        extra=params(approximate=False),
+        params=FEATURES + params(approximate=False),
     ),
     activation(
         name="softplus",
@@ -120,14 +90,12 @@ MATHS: tuple[OpSpec, ...] = (
         tf_names=("tf.math.softsign", "tf.nn.softsign"),
         summary="features / (1 + |features|).",
     ),
-    OpSpec(
+    activation(
         name="silu",
         fn=tf.nn.silu,
         tf_names=("tf.nn.silu", "tf.nn.swish"),
         params=FEATURES + params(beta=1.0),
         summary="Swish: features · sigmoid(beta · features).",
-        size=sizes.no_growth,
-        data=("features",),
         aliases=("swish",),
     ),
     OpSpec(
