@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import numpy as np
 from fastapi import FastAPI
 
 from schemas.networks import SEED_REQUEST
 from service import __version__, codec, engines
 from service.adapters.plots import PlotCache
 from service.auth import install_auth
+from service.compute.models.spec import DEFAULT_SIGNATURE
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
@@ -49,7 +51,43 @@ async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
         status = await call_self(app, method, path, body, headers)
         if status != 200:
             logger.warning("a warm-up request to %s answered %s", path, status)
+    # the served models' routes, adapters and answers: once the models found at start have loaded
+    await asyncio.to_thread(app.state.models.wait_ready)
+    for path, body in model_warm_ups(app.state.models) * WARM_UP_ROUNDS:
+        status = await call_self(app, "POST", path, body, headers)
+        if status != 200:
+            logger.debug("a warm-up request to %s answered %s", path, status)
     app.state.http_warm = True
+
+
+def model_warm_ups(models: ModelRepository) -> list[tuple[str, bytes]]:
+    """One request of each verb (`:gradients` by output and by class) on zeros of one instance, for the
+    default signature of every model serving: what a first client's request runs through besides the
+    compiled functions its version warmed before it turned AVAILABLE. Signatures with an input of unknown
+    rank are left out (nothing to shape the zeros by)."""
+    found: list[tuple[str, bytes]] = []
+    for name, versions in models.listing():
+        if not versions:
+            continue
+        with models.lease(name) as lease:
+            signature = lease.signatures.get(DEFAULT_SIGNATURE)
+        if signature is None or any(info.shape is None for info in signature.inputs.values()):
+            continue
+        rows = [
+            {key: np.zeros([1 if size is None else size for size in (info.shape or ())[1:]]).tolist()}
+            for key, info in signature.inputs.items()
+        ]
+        instance = next(iter(rows[0].values())) if len(rows) == 1 else {k: v for row in rows for k, v in row.items()}
+        plain = {"instances": [instance]}
+        for verb, body in (
+            ("predict", plain),
+            ("gradients", plain),
+            ("gradients", {**plain, "class_index": 0}),
+            ("jacobian", plain),
+            ("explain", plain),
+        ):
+            found.append((f"/v1/models/{name}:{verb}", codec.render(body)))
+    return found
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

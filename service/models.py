@@ -297,7 +297,7 @@ class ModelRepository:
                 cache_size=self.settings.function_cache_size,
                 xla=self.settings.xla,
             )
-            warm_up(served)
+            warm_up(served, self.settings.max_elements)
         except LoadRefused as refused:
             self._fail(record, refused.code, refused.message)
             return

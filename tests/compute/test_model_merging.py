@@ -13,8 +13,16 @@ import pytest
 import tensorflow as tf
 
 from service.compute.errors import JobFailed, LimitExceeded
+from service.compute.explain.prepare import ExplainOptions, attribution_inputs, evaluation
 from service.compute.models.compiled import bucket_rows, floor_rows
-from service.compute.models.engine import GradientsJob, JacobianJob, ModelsEngine, PredictJob, mergeable
+from service.compute.models.engine import (
+    ExplainJob,
+    GradientsJob,
+    JacobianJob,
+    ModelsEngine,
+    PredictJob,
+    mergeable,
+)
 from service.compute.models.loading import ServedModel, load_version, warm_up
 from service.compute.models.verbs import GradientRequest
 from tests import model_repo
@@ -207,7 +215,9 @@ def test_warm_up_compiles_what_first_requests_run(tmp_path: pathlib.Path) -> Non
     served = load_version(model_repo.save_keras(model_repo.sequential(2), tmp_path, "seq", 1))
     warm_up(served)
     warmed = set(served.functions.compiled())
-    assert {key[0] for key in warmed} == {"predict", "gradients", "jacobian"}
+    assert {key[0] for key in warmed} == {"predict", "gradients", "jacobian", "explain"}
+    (explainer,) = (served.functions.get(key, dict) for key in warmed if key[0] == "explain")
+    traced = explainer.traces
     x = RNG.normal(size=(1, 4)).astype(np.float32)
     signature = served.signatures["serving_default"]
     batch = mergeable(served, signature, {"x": x})
@@ -216,7 +226,22 @@ def test_warm_up_compiles_what_first_requests_run(tmp_path: pathlib.Path) -> Non
         request = GradientRequest(output="out", sources=("x",), kind=kind)  # type: ignore[arg-type]
         ENGINE.run([GradientsJob(served, "serving_default", {"x": x}, request, extra)])
     ENGINE.run([JacobianJob(served, "serving_default", {"x": x}, "out", "x", None, 1 << 20)])
+    for options in (ExplainOptions(), ExplainOptions(method="saliency"), ExplainOptions(method="smoothgrad")):
+        ENGINE.run([_explain_job(served, x, options)])
+    ENGINE.run([_explain_job(served, x, ExplainOptions(steps=16, integration="gausslegendre"), class_index=1)])
     assert set(served.functions.compiled()) == warmed  # nothing traced on the request path
+    assert explainer.traces == traced == 4  # one per method, every one before the version served
+
+
+def _explain_job(
+    served: ServedModel, x: np.ndarray, options: ExplainOptions, class_index: int | None = None
+) -> ExplainJob:
+    """An `:explain` job as the adapter builds it (the default max_elements)."""
+    evaluated = evaluation(options, "float32")
+    attribution = attribution_inputs(
+        {"x": x}, evaluated, single=False, units=3, class_index=class_index, max_elements=4_194_304
+    )
+    return ExplainJob(served, "serving_default", {"x": x}, "out", evaluated, attribution, 4_194_304)
 
 
 def test_saved_models_run_exactly_as_they_are(tmp_path: pathlib.Path) -> None:

@@ -59,6 +59,8 @@ class FunctionExplainer:
         self._compiled: dict[tuple[str, bool, bool], Any] = {}
         self._lock = threading.Lock()
         self.calls = 0
+        self.traces = 0
+        """Concrete functions traced so far (a request that finds its function traced adds none)."""
 
     def _concrete(self, evaluated: Evaluation) -> Any:
         key = (evaluated.method, evaluated.absolute, evaluated.noisy)
@@ -68,6 +70,7 @@ class FunctionExplainer:
             return self._compiled[key]
 
     def _trace(self, method: str, absolute: bool, noisy: bool) -> Any:
+        self.traces += 1
         count = len(self.names)
         dtype = tf.as_dtype(self.dtype)
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import tensorflow as tf
+
+from service.compute.errors import InvalidInput, LimitExceeded
 from service.compute.explain.engine import ExplanationResult
 from service.compute.explain.function import FunctionExplainer
-from service.compute.explain.prepare import AttributionInputs
-from service.compute.models.engine import ExplainJob, Stacked
+from service.compute.explain.prepare import AttributionInputs, ExplainOptions, attribution_inputs, evaluation
+from service.compute.models.engine import ExplainJob, ModelsEngine, Stacked
+from service.compute.models.spec import FLOAT_DTYPES
 
 
 def _explainer(job: ExplainJob) -> FunctionExplainer:
@@ -59,3 +64,38 @@ def _part(result: ExplanationResult, part: slice) -> ExplanationResult:
         baseline_prediction=cut(result.baseline_prediction),
         convergence_delta=cut(result.convergence_delta),
     )
+
+
+WARM_METHODS = (
+    ExplainOptions(),
+    ExplainOptions(method="saliency"),
+    ExplainOptions(method="gradient_x_input"),
+    ExplainOptions(method="smoothgrad"),
+)
+"""The explanations a version runs before it serves: every method's compiled function with §10's defaults
+(one per method: step and instance counts share it below XLA_ELEMENTS)."""
+
+
+def warm_explanations(served: Any, signature: str, zeros: dict[str, np.ndarray], max_elements: int) -> None:
+    """Run every method of `WARM_METHODS` on `zeros` as a request's job runs (see `loading.warm_up`), where
+    the signature can be explained: float inputs of one dtype, a float (batch,) or (batch, classes) output.
+    A model that cannot be explained there is still served (its explanations answer what goes wrong)."""
+    info = served.signatures[signature]
+    outputs = [
+        found
+        for found in info.outputs.values()
+        if found.dtype in FLOAT_DTYPES and found.shape is not None and found.batched and len(found.shape) <= 2
+    ]
+    dtypes = {value.dtype.name for value in zeros.values()}
+    if not outputs or len(dtypes) != 1 or not dtypes <= set(FLOAT_DTYPES):
+        return
+    output, (dtype,) = outputs[0], dtypes
+    units = output.shape[-1] if output.shape is not None and len(output.shape) == 2 else 1
+    for options in WARM_METHODS:
+        evaluated = evaluation(options, dtype)
+        attribution = attribution_inputs(zeros, evaluated, single=False, units=units or 1, max_elements=max_elements)
+        job = ExplainJob(served, signature, zeros, output.name, evaluated, attribution, max_elements)
+        try:
+            ModelsEngine().run([job])
+        except (tf.errors.OpError, ValueError, TypeError, InvalidInput, LimitExceeded):
+            return

@@ -95,13 +95,16 @@ class ServedModel:
         return outputs
 
 
-def warm_up(served: ServedModel) -> None:
+def warm_up(served: ServedModel, max_elements: int = 4_194_304) -> None:
     """Run every verb's common form on zeros of each signature's input shapes (unknown dimensions 1), so the
     version's first request is as fast as its tenth: predict, the gradients of the only (or first) float
-    output w.r.t. every float input (the function every target but a loss uses), and its Jacobian w.r.t. the
-    only input. A bucketed signature warms its smallest bucket (which every small request and merged burst
-    of them runs as), an exact one two batch sizes (so its function takes any). A signature that fails to
-    predict on zeros of its own shapes is a load error; the derivatives are warmed where they apply."""
+    output w.r.t. every float input (the function every target but a loss uses), its Jacobian w.r.t. the
+    only input, and every explanation method with its defaults (`max_elements` is TAPESERVE_MAX_ELEMENTS,
+    part of an explainer's key). A bucketed signature warms its smallest bucket (which every small request
+    and merged burst of them runs as), an exact one two batch sizes (so its function takes any). A signature
+    that fails to predict on zeros of its own shapes is a load error; the derivatives and explanations are
+    warmed where they apply."""
+    from service.compute.models.explained import warm_explanations  # noqa: PLC0415  (it imports this module)
     from service.compute.models.verbs import warm_derivatives  # noqa: PLC0415  (it imports this module)
 
     for name, signature in served.signatures.items():
@@ -126,6 +129,7 @@ def warm_up(served: ServedModel) -> None:
                     canonical_code(error), f"signature {name!r} fails on zeros of its input shapes: {first_line}"
                 ) from error
             warm_derivatives(served, name, zeros)
+            warm_explanations(served, name, zeros, max_elements)
             if served.rows(name, zeros) is not None:
                 break  # one bucket holds both sizes
 
