@@ -35,9 +35,11 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# the performance table, then the fault scenarios (replicas behind real nginx) into README's table
+# the performance table, the explanations' table, then the fault scenarios (replicas behind real nginx) into
+# README's table
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.explain
 	$(BIN)/python -m bench.faults
 
 # explanations of a posted network against /v1/networks/gradients, a tutorial-style loop and one tf.function

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,16 +81,19 @@ def _instance_tensors(array: Array, encoding: codec.Encoding) -> list[dict[str, 
     rows at once (a 1,024-instance answer spent most of its encoding time in per-row calls)."""
     if not np.isfinite(array).all():
         return [codec.encode(row, encoding) for row in array]
-    head = {"shape": list(array.shape[1:]), "dtype": array.dtype.name}
+    shape, dtype = list(array.shape[1:]), array.dtype.name
     if encoding == "b64":
         little_endian = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         size = little_endian[0].nbytes if len(little_endian) else 0
         raw = little_endian.tobytes()
+        if size % 3 == 0:  # whole base64 quanta per row: one encoding of all rows, cut at row boundaries
+            text, width = pybase64.b64encode_as_string(raw), size // 3 * 4
+            return [{"shape": shape, "dtype": dtype, "b64": text[i : i + width]} for i in range(0, len(text), width)]
         return [
-            {**head, "b64": pybase64.b64encode_as_string(raw[i * size : (i + 1) * size])} for i in range(len(array))
+            {"shape": shape, "dtype": dtype, "b64": pybase64.b64encode_as_string(raw[i : i + size])}
+            for i in range(0, len(raw), size)
         ]
-    contiguous = np.ascontiguousarray(array)
-    return [{**head, "values": row} for row in contiguous]
+    return [{"shape": shape, "dtype": dtype, "values": row} for row in np.ascontiguousarray(array)]
 
 
 def _numbers(array: Array) -> list[float | str]:
@@ -115,21 +119,29 @@ def encode_attributions(
     predictions = result.predictions[0] if single else result.predictions
     attributions = [_instance_tensors(array, encoding) for array in result.attributions]
     prediction = _numbers(result.prediction)
-    explanations = [
-        {
-            "instance": n,
-            "class_index": k,
-            "prediction": prediction[n],
-            "attributions": {name: tensors[n] for name, tensors in zip(names, attributions, strict=True)},
-        }
-        for n, k in enumerate(result.classes.tolist())
-    ]
-    if result.convergence_delta is not None:
-        for entry, baseline, delta in zip(
-            explanations, _numbers(result.baseline_prediction), _numbers(result.convergence_delta), strict=True
-        ):
-            entry["baseline_prediction"] = baseline
-            entry["convergence_delta"] = delta
+    by_input = (
+        [{names[0]: tensor} for tensor in attributions[0]]
+        if len(names) == 1
+        else [dict(zip(names, tensors, strict=True)) for tensors in zip(*attributions, strict=True)]
+    )
+    rows = zip(itertools.count(), result.classes.tolist(), prediction, by_input, strict=False)
+    if result.convergence_delta is None:
+        explanations = [
+            {"instance": n, "class_index": k, "prediction": p, "attributions": found} for n, k, p, found in rows
+        ]
+    else:
+        completeness = zip(_numbers(result.baseline_prediction), _numbers(result.convergence_delta), strict=True)
+        explanations = [
+            {
+                "instance": n,
+                "class_index": k,
+                "prediction": p,
+                "attributions": found,
+                "baseline_prediction": baseline,
+                "convergence_delta": delta,
+            }
+            for (n, k, p, found), (baseline, delta) in zip(rows, completeness, strict=True)
+        ]
     document: dict[str, Any] = {
         "device": device,
         "method": method,

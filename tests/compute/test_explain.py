@@ -358,3 +358,22 @@ def test_a_split_computation_stops_between_calls_past_its_deadline() -> None:
         chunked.run([late])
     assert chunked.calls == 1  # the first call runs (the worker drops jobs late before they start), no more
     assert len(ExplainEngine(4_194_304).run([late])[0].classes) == 9  # one call: nothing to stop between
+
+
+def test_xla_pads_instances_and_requests_to_powers_of_two_with_the_same_answers() -> None:
+    # 3 and 5 instances run as 2 requests × 8 instances under XLA: one program for every call of that bucket
+    features = np.random.default_rng(3).normal(size=(5, 4))
+    jobs = [
+        prepare_network_explanation(
+            features[:count], weights=[W1 * scale, W2], activations=ACTIVATIONS, dtype="float64"
+        )
+        for count, scale in ((3, 1.0), (5, 0.5))
+    ]
+    compiled = ExplainEngine(4_194_304, jit_compile=True)
+    assert compiled._bucketed(5, 2, 50 * 7) == 8
+    assert compiled._bucketed(5, 3, 4_194_304) == 5  # padding would pass the element limit
+    for job, result in zip(jobs, compiled.run(jobs), strict=True):
+        alone = ExplainEngine(4_194_304).run([job])[0]
+        assert result.attributions[0].shape == alone.attributions[0].shape == (job.attribution.instances, 4)
+        np.testing.assert_allclose(result.attributions[0], alone.attributions[0], rtol=1e-10, atol=1e-15)
+        np.testing.assert_array_equal(result.classes, alone.classes)

@@ -134,3 +134,34 @@ def test_smoothgrad_is_seeded_and_chunked_alike(tmp_path: Path, limit: int) -> N
     (again,) = unchunked.run([job({"vitals": vitals}, ExplainOptions(method="smoothgrad", seed=9), 2)])
     np.testing.assert_allclose(first.attributions[0], again.attributions[0], rtol=1e-12)
     assert explainer.calls == (3 if limit < 1000 else 1)  # 25 samples × 3 values: 2 instances per call
+
+
+@pytest.mark.parametrize("options", [ExplainOptions(steps=50), ExplainOptions(method="smoothgrad", samples=16)])
+def test_large_calls_run_xla_compiled_padded_and_answer_alike(tmp_path: Path, options: ExplainOptions) -> None:
+    model = saved_classifier(tmp_path)
+
+    def explainer(xla_elements: int | None, limit: int = 4_194_304) -> FunctionExplainer:
+        return FunctionExplainer(
+            lambda x: model(x["vitals"], training=False),
+            {"vitals": (3,)},
+            "float64",
+            max_elements=limit,
+            xla_elements=xla_elements,
+        )
+
+    vitals = rng.normal(size=(37, 3))  # padded to 64 under XLA
+    xla, plain = explainer(1_000), explainer(None)
+    (compiled,) = xla.run([job({"vitals": vitals}, options, 2)])
+    (reference,) = plain.run([job({"vitals": vitals}, options, 2)])
+    assert (xla.xla_calls, plain.xla_calls) == (1, 0)
+    assert compiled.attributions[0].shape == (37, 3) and len(compiled.classes) == 37
+    np.testing.assert_array_equal(compiled.classes, reference.classes)
+    np.testing.assert_allclose(compiled.attributions[0], reference.attributions[0], rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(compiled.prediction, reference.prediction, rtol=1e-12)
+    # a call XLA would pad beyond the element limit runs without it; a small one too
+    tight = explainer(1_000, limit=37 * 3 * options.steps if options.method != "smoothgrad" else 37 * 3 * 16)
+    (alone,) = tight.run([job({"vitals": vitals}, options, 2)])
+    (small,) = xla.run([job({"vitals": vitals[:2]}, options, 2)])
+    assert (tight.xla_calls, xla.xla_calls) == (0, 1)
+    np.testing.assert_allclose(alone.attributions[0], reference.attributions[0], rtol=1e-12)
+    np.testing.assert_allclose(small.attributions[0], reference.attributions[0][:2], rtol=1e-10, atol=1e-15)

@@ -269,3 +269,28 @@ def test_a_saved_models_signature_is_explained_exactly_where_the_rule_is(served:
     total = explain(served, "quad", {**body, "output": "total", "steps": 3})
     np.testing.assert_allclose(attributions(total, "x"), x - b, rtol=1e-12)
     assert [entry["class_index"] for entry in total["explanations"]] == [0, 0, 0]
+
+
+def test_a_large_explanation_runs_xla_compiled_with_the_formulas_answers(
+    served: TestClient, repository: pathlib.Path
+) -> None:
+    # 700 instances × 50 steps × 3 values: padded to 1,024 instances, past compiled.XLA_ELEMENTS
+    model = model_repo.load_keras(repository, "clf")
+    many = RNG.normal(size=(700, 3)) * 1.5
+    document = explain(served, "clf", {"instances": many.tolist(), "steps": 50, "response_encoding": "b64"})
+    found = attributions(document, "vitals")
+    served_model = served.app.state.models.models["clf"][1].served  # type: ignore[attr-defined]
+    (explainer,) = (
+        served_model.functions.get(key, dict) for key in served_model.functions.compiled() if key[0] == "explain"
+    )
+    assert explainer.xla_calls >= 1
+    assert found.shape == (700, 3)
+    zero = np.zeros(3)
+    for n in (0, 1, 350, 699):
+        k = int(np.argmax(model(many[n : n + 1], training=False)[0]))
+        expected = reference_ig(model, {"vitals": many[n]}, {"vitals": zero}, k, ("riemann_trapezoid", 50))["vitals"]
+        np.testing.assert_allclose(found[n], expected, rtol=1e-6, atol=1e-12)
+    # the same instances in small requests (TensorFlow's kernels) answer alike to float64 rounding
+    for first in (0, 344, 688):
+        part = explain(served, "clf", {"instances": many[first : first + 12].tolist(), "steps": 50})
+        np.testing.assert_allclose(attributions(part, "vitals"), found[first : first + 12], rtol=1e-10, atol=1e-15)

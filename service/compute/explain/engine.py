@@ -2,7 +2,8 @@
 
 A compiled function per network structure and method takes R requests (a leading request axis, each with
 its own weights) of N instances; the kernel evaluates all R × N × m points in one batch. Calls are split
-only where TAPESERVE_MAX_ELEMENTS demands: by requests first, then by instances.
+only where TAPESERVE_MAX_ELEMENTS demands: by requests first, then by instances. XLA-compiled (TAPESERVE_XLA),
+R and N are padded to powers of two, so that calls of similar sizes share one compiled program.
 """
 
 from __future__ import annotations
@@ -181,9 +182,19 @@ class ExplainEngine:
                 # every merged request already has its 504; this only frees the worker
                 raise LimitExceeded("the explanation ran past the request's deadline", ())
             self.calls += 1
-            for (job_index, _, _), outputs in zip(parts, compiled(jobs, parts, rows), strict=True):
+            padded = self._bucketed(rows, len(parts), per_instance)
+            for (job_index, _, _), outputs in zip(parts, compiled(jobs, parts, padded), strict=True):
                 pieces[job_index].append(outputs)
         return [_result(job, chunks) for job, chunks in zip(jobs, pieces, strict=True)]
+
+    def _bucketed(self, rows: int, requests: int, per_instance: int) -> int:
+        """The instances a call of `requests` × `rows` runs as: under XLA, which compiles per shape, the next
+        power of two where the element limit allows it (so 600 and 1,000 instances share one program)."""
+        if not self._jit:
+            return rows
+        bucket = 1 << max(rows - 1, 0).bit_length()
+        stacked = 1 << max(requests - 1, 0).bit_length()
+        return bucket if bucket * stacked * per_instance <= self.max_elements else rows
 
     def warmup(self) -> None:
         """Trace the seed's explanation, so the first request does not pay for it."""

@@ -1,7 +1,8 @@
 """`:explain` of a served signature: the explain kernel over F = the selected class of one output, every
 instance × step (or sample) of stacked requests in one compiled call, chunked only where
-TAPESERVE_MAX_ELEMENTS demands. The compiled explainer lives in the version's function cache, so it goes
-with the version."""
+TAPESERVE_MAX_ELEMENTS demands, and XLA-compiled from `compiled.XLA_ELEMENTS` evaluated input elements on
+where the version's bucketed functions are. The compiled explainer lives in the version's function cache, so
+it goes with the version."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from service.compute.errors import InvalidInput, LimitExceeded
 from service.compute.explain.engine import ExplanationResult
 from service.compute.explain.function import FunctionExplainer
 from service.compute.explain.prepare import AttributionInputs, ExplainOptions, attribution_inputs, evaluation
+from service.compute.models.compiled import XLA_ELEMENTS
 from service.compute.models.engine import ExplainJob, ModelsEngine, Stacked
 from service.compute.models.spec import FLOAT_DTYPES
 
@@ -30,7 +32,11 @@ def _explainer(job: ExplainJob) -> FunctionExplainer:
         return found[:, None] if len(found.shape) == 1 else found  # a (batch,) output is one unit
 
     def make() -> FunctionExplainer:
-        return FunctionExplainer(selected, shapes, dtype, max_elements=job.max_elements)
+        # large calls XLA-compiled where the version's bucketed functions may be (compiled.XLA_ELEMENTS)
+        xla = served.functions.xla and served.xla(signature)
+        return FunctionExplainer(
+            selected, shapes, dtype, max_elements=job.max_elements, xla_elements=XLA_ELEMENTS if xla else None
+        )
 
     key = ("explain", signature, output, tuple(shapes.items()), dtype, job.max_elements)
     explainer: FunctionExplainer = served.functions.get(key, make)
