@@ -26,6 +26,7 @@ from service.errors import (
     new_request_id,
     problem_response,
 )
+from service.middleware import HttpMiddleware
 from service.observability import WARM_UP_SCOPE_KEY
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -270,7 +271,7 @@ class JSONBody(Generic[M]):
         return ParsedBody(validate_body(self.model, document), arrays)
 
 
-class RequestContextMiddleware:
+class RequestContextMiddleware(HttpMiddleware):
     """Gives every request an id (X-Request-ID in, or a new one; echoed back) and bounds its body size.
 
     A declared Content-Length over the limit is answered 413 before anything is read; a body streamed
@@ -278,13 +279,10 @@ class RequestContextMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given, declared = "", ""
         for key, value in scope["headers"]:
             name = key.lower()

@@ -15,6 +15,8 @@ from starlette.routing import BaseRoute, Match, Mount, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware import HttpMiddleware
+
 STATIC_METHODS = frozenset({"GET", "HEAD"})
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 """The methods a path is asked about (RFC 9110's, but CONNECT, and HEAD, which follows GET)."""
@@ -38,17 +40,14 @@ def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
     return sorted(methods)
 
 
-class MethodsMiddleware:
+class MethodsMiddleware(HttpMiddleware):
     """`HEAD` as `GET` without the body; a 405's `Allow` from every route of the path (see the module)."""
 
     def __init__(self, app: ASGIApp, router: Router) -> None:
-        self.app = app
+        super().__init__(app)
         self.router = router
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = scope["method"] == "HEAD"
         if head:
             scope = {**scope, "method": "GET"}

@@ -27,6 +27,8 @@ from prometheus_client.registry import Collector
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware import HttpMiddleware
+
 access_logger = logging.getLogger("tapeserve.access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -295,19 +297,16 @@ WARM_UP_SCOPE_KEY = "tapeserve.warm_up"
 """Set in the scope of the request the service sends itself at start-up (see `service.http.call_self`)."""
 
 
-class ObservabilityMiddleware:
+class ObservabilityMiddleware(HttpMiddleware):
     """Counts, times and logs every request: the outermost middleware, so it sees every answer."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, route_labels: RouteLabels, access_log: bool) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.route_labels = route_labels
         self.access_log = access_log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500  # what the client gets when the app raises before answering
 

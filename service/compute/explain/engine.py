@@ -8,9 +8,7 @@ R and N are padded to powers of two, so that calls of similar sizes share one co
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +19,7 @@ import tensorflow as tf
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation, NetworkStructure
+from service.compute.lru import LruCache
 from service.compute.networks.graph import activate
 
 
@@ -158,10 +157,8 @@ class ExplainEngine:
 
     def __init__(self, max_elements: int, cache_size: int = 128, jit_compile: bool = False) -> None:
         self.max_elements = max_elements
-        self._cache_size = cache_size
         self._jit = jit_compile
-        self._functions: OrderedDict[Hashable, _CompiledExplanation] = OrderedDict()
-        self._lock = threading.Lock()
+        self._functions: LruCache[Hashable, _CompiledExplanation] = LruCache(cache_size)
         self.calls = 0
 
     def merge_key(self, job: NetworkExplanation) -> Hashable:
@@ -170,17 +167,7 @@ class ExplainEngine:
     def _compiled(self, job: NetworkExplanation) -> _CompiledExplanation:
         evaluated = job.evaluation
         key = (job.structure, evaluated.method, evaluated.absolute, evaluated.noisy)
-        with self._lock:
-            compiled = self._functions.get(key)
-            if compiled is None:
-                compiled = _CompiledExplanation(
-                    job.structure, evaluated.method, evaluated.absolute, evaluated.noisy, self._jit
-                )
-                self._functions[key] = compiled
-                while len(self._functions) > self._cache_size:
-                    self._functions.popitem(last=False)
-            self._functions.move_to_end(key)
-            return compiled
+        return self._functions.get(key, lambda: _CompiledExplanation(*key, self._jit))
 
     def run(self, jobs: Sequence[NetworkExplanation]) -> list[ExplanationResult]:
         """Every job (all of one merge key) in as few compiled calls as the element limit allows."""

@@ -18,13 +18,13 @@ one row per instance and `whole` the others. Two ways to run it:
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from service.compute.lru import LruCache
 
 Arrays = dict[str, np.ndarray]
 Graph = Callable[[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
@@ -90,44 +90,17 @@ class _Bucketed:
         return result
 
 
-class FunctionCache:
+class FunctionCache(LruCache[Key, Any]):
     """Compiled functions of one version by key, the least recently used dropped beyond `size`; `xla` says
     whether bucketed functions are XLA-compiled. Safe to use from the loader and the worker threads."""
 
     def __init__(self, size: int = 128, xla: bool = False) -> None:
-        if size < 1:
-            raise ValueError("size must be at least 1")
-        self.size, self.xla = size, xla
-        self._functions: OrderedDict[Key, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Key, make: Callable[[], Any]) -> Any:
-        """The function under `key`, made (traced) by `make` the first time, under the lock: concurrent first
-        calls trace once."""
-        with self._lock:
-            found = self._functions.get(key)
-            if found is not None:
-                self._functions.move_to_end(key)
-                self.hits += 1
-                return found
-            self.misses += 1
-            found = self._functions[key] = make()
-            while len(self._functions) > self.size:
-                self._functions.popitem(last=False)
-            return found
+        super().__init__(size)
+        self.xla = xla
 
     def compiled(self) -> list[Key]:
         """The keys held, least recently used first."""
-        with self._lock:
-            return list(self._functions)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._functions.clear()
-
-    def __len__(self) -> int:
-        return len(self._functions)
+        return self.keys()
 
 
 def _numpy(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,12 +3,11 @@ spec merged into one call with a leading request axis R, and the answer split ba
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.compute.lru import LruCache
 from service.compute.networks.fastpath import fastest_call
 from service.compute.networks.graph import trace
 from service.compute.networks.packing import Layout
@@ -90,31 +89,16 @@ class NetworkEngine:
     def __init__(self, cache_size: int = 128, jit_compile: bool = False) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
-        self._cache_size = cache_size
         self._jit_compile = jit_compile
-        self._functions: OrderedDict[NetworkSpec, _CompiledNetwork] = OrderedDict()
-        self._lock = threading.Lock()
-        self._hits = 0
-        self._misses = 0
+        self._functions: LruCache[NetworkSpec, _CompiledNetwork] = LruCache(cache_size)
         self._traces = 0
 
     def _count_trace(self) -> None:
         self._traces += 1
 
     def _compiled(self, spec: NetworkSpec) -> _CompiledNetwork:
-        with self._lock:
-            compiled = self._functions.get(spec)
-            if compiled is not None:
-                self._functions.move_to_end(spec)
-                self._hits += 1
-                return compiled
-            self._misses += 1
-            # traced under the lock: concurrent first requests of one spec trace once
-            compiled = _CompiledNetwork(spec, self._count_trace, self._jit_compile)
-            self._functions[spec] = compiled
-            while len(self._functions) > self._cache_size:
-                self._functions.popitem(last=False)
-            return compiled
+        # traced under the cache's lock: concurrent first requests of one spec trace once
+        return self._functions.get(spec, lambda: _CompiledNetwork(spec, self._count_trace, self._jit_compile))
 
     def run(self, problems: Sequence[NetworkProblem]) -> list[NetworkResult]:
         """Compute every problem (all of one spec) in one compiled call; results in the order given."""
@@ -128,13 +112,8 @@ class NetworkEngine:
 
     def stats(self) -> dict[str, int]:
         """Cache hits and misses, functions traced, and functions held."""
-        with self._lock:
-            return {
-                "hits": self._hits,
-                "misses": self._misses,
-                "traces": self._traces,
-                "size": len(self._functions),
-            }
+        functions = self._functions
+        return {"hits": functions.hits, "misses": functions.misses, "traces": self._traces, "size": len(functions)}
 
     def warmup(self, merged_sizes: Sequence[int] = ()) -> None:
         """Trace and run the seed's case, with every include and with none, so first requests are fast;

@@ -1,0 +1,25 @@
+"""The service's own ASGI middleware share one shape: HTTP requests go to `handle`, every other scope (the
+lifespan's) straight to the wrapped app."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class HttpMiddleware:
+    """A pure ASGI middleware that acts on HTTP requests only. Subclasses implement `handle`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # returns the awaitable rather than awaiting it: no extra coroutine per request and middleware
+        if scope["type"] != "http":
+            return self.app(scope, receive, send)
+        return self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request through `self.app`."""
+        raise NotImplementedError
