@@ -9,7 +9,7 @@
 
 Networks: the seed's softmax layer (3 → 2) and a 3 → 64 → 64 → 2 tanh network; and the repository's example
 model `diabetes` through `:explain` (small requests against its `:gradients`, bulk against the same in-process
-references on the model loaded in the bench's process). Run under the bench lock.
+references on the model loaded in the bench's process). Run it with no other benchmark beside it.
 """
 
 from __future__ import annotations

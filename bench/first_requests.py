@@ -3,7 +3,8 @@
 `python -m bench.first_requests [starts [verb,verb,...]]`: starts `tapeserve serve` (the repository's example
 model) `starts` times; on each, once `/readyz` is 200, sends every verb's request (in the order given) ten
 times in turn, each after 50 ms of quiet, on one kept-alive socket, and prints per verb the medians over the
-starts of the first and the tenth request's latency, and of the second to tenth. Run under the bench lock.
+starts of the first and the tenth request's latency, and of the second to tenth. Run it with no other benchmark
+beside it.
 """
 
 from __future__ import annotations

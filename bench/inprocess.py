@@ -9,7 +9,7 @@ two runs of this module (alternate them: the machine is shared): `--generic` ans
 request handler instead of the route's direct call (a dependency override that hands out the app's own
 worker), `--without NAME` leaves out a middleware by its class name, `--no-access-log` turns the access line
 off, `--canned` answers every request after the first with the first one's recorded answer (the HTTP stack
-alone, no body parsing, no TensorFlow). Run under the bench lock.
+alone, no body parsing, no TensorFlow). Run it with no other benchmark beside it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ in alternating rounds (reference first, then tapeserve, then again), medians of:
   version folder copied into a temporary repository polled every `POLL_S`, the old one removed);
 - start-up to `/readyz` 200, and the first request of each verb against its tenth, each after 50 ms of quiet.
 
-The table is printed and written to bench/results/models.md. Run under the bench lock.
+The table is printed and written to bench/results/models.md. Run it with no other benchmark beside it.
 """
 
 from __future__ import annotations
