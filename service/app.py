@@ -74,7 +74,7 @@ def model_warm_ups(models: ModelRepository) -> list[tuple[str, bytes]]:
         if signature is None or any(info.shape is None for info in signature.inputs.values()):
             continue
         rows = [
-            {key: np.zeros([1 if size is None else size for size in (info.shape or ())[1:]]).tolist()}
+            {key: np.zeros([1 if size is None else size for size in (info.shape or ())[1:]], info.dtype).tolist()}
             for key, info in signature.inputs.items()
         ]
         instance = next(iter(rows[0].values())) if len(rows) == 1 else {k: v for row in rows for k, v in row.items()}

@@ -64,3 +64,20 @@ def test_the_apps_own_model_requests_answer(root: pathlib.Path) -> None:
             response = client.post(path, content=body, headers={"content-type": "application/json"})
             assert response.status_code == 200, (path, response.text)
             assert json.loads(body)["instances"] == [np.zeros(4).tolist()]
+
+
+def test_warm_ups_send_zeros_of_each_inputs_dtype(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # an int64 input gets 0, not 0.0: the predict warm-up of a model with an integer input answers 200
+    repository = model_repo.new_repository(tmp_path_factory, "warm-int")
+    model_repo.save_counter(repository)
+    with make_client(model_dir=str(repository), model_poll_s=0, warmup=False) as client:
+        wait_ready(client)
+        warm_ups = dict(model_warm_ups(client.app.state.models))  # type: ignore[attr-defined]
+        (instance,) = json.loads(warm_ups["/v1/models/counter:predict"])["instances"]
+        assert type(instance["steps"]) is int and [type(value) for value in instance["x"]] == [float, float]
+        response = client.post(
+            "/v1/models/counter:predict",
+            content=warm_ups["/v1/models/counter:predict"],
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 200, response.text
