@@ -284,6 +284,13 @@ def mixed_bodies(directory: Path) -> list[Path]:
     return paths
 
 
+def publish(report: str, name: str) -> None:
+    """Print `report` and write it to bench/results/`name`."""
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(report)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -446,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     table = ["| measure | reference | tapeserve | ratio | target |", "|---|---|---|---|---|"]
     table += [f"| {' | '.join(row)} |" for row in rows]
-    report = header + "\n\n" + "\n".join(table) + "\n"
-    print(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.md").write_text(report)
+    publish(header + "\n\n" + "\n".join(table) + "\n", "latest.md")
     return 0
 
 

@@ -36,11 +36,11 @@ import numpy as np
 from bench.__main__ import (
     FRESH_STARTS,
     QUIET_S,
-    RESULTS,
     ROOT,
     Server,
     ensure_wrk,
     median,
+    publish,
     raw_posts,
     reference_command,
     run_wrk,
@@ -344,10 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bulk(tapeserve)
     rows += memory(wrk, work, args)
     rows += start_up(work)
-    text = report(rows, args)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "models.md").write_text(text)
+    publish(report(rows, args), "models.md")
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi import Depends, FastAPI, Request, Response
@@ -21,8 +20,9 @@ from service.deps import get_worker
 from service.http import DirectRoute
 from service.routes import networks
 from service.settings import Settings
-from service.worker import Worker
+from tests import direct_answers
 from tests.conftest import wait_ready
+from tests.direct_answers import Answer, BrokenWorker, Delegate, answer
 
 GRADIENTS = "/v1/networks/gradients"
 PLAIN = {key: value for key, value in SEED_REQUEST.items() if key != "include"}
@@ -47,36 +47,9 @@ def app() -> Iterator[FastAPI]:
         yield app
 
 
-def answer(client: TestClient, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    response = client.post(path, content=body, headers={**headers, "x-request-id": "same-id"})
-    return response.status_code, dict(response.headers), response.content
-
-
-class Delegate:
-    """A dependency override that hands out the app's own worker and counts the requests it served."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, request: Request) -> Worker:
-        self.calls += 1
-        worker: Worker = await get_worker(request)
-        return worker
-
-
-def both_ways(app: FastAPI, path: str, root_path: str = "") -> Iterator[tuple[str, Any, Any]]:
+def both_ways(app: FastAPI, path: str, root_path: str = "") -> Iterator[tuple[str, Answer, Answer]]:
     """Each request's answer from the direct route and from FastAPI's generic handler on the same app."""
-    client = TestClient(app, root_path=root_path, raise_server_exceptions=False)
-    for name, body, headers in REQUESTS:
-        direct = answer(client, path, body, headers)
-        delegate = Delegate()
-        app.dependency_overrides[get_worker] = delegate
-        try:
-            generic = answer(client, path, body, headers)
-        finally:
-            app.dependency_overrides.clear()
-        assert delegate.calls == 1, name  # the generic handler answered it
-        yield name, direct, generic
+    return direct_answers.both_ways(app, [(name, path, body, headers) for name, body, headers in REQUESTS], root_path)
 
 
 def test_the_networks_route_is_called_directly(app: FastAPI) -> None:
@@ -100,16 +73,6 @@ def test_behind_a_root_path_too(app: FastAPI) -> None:
         assert direct == generic, name
         # the answer (problems included) does not depend on where a proxy mounts the service
         assert direct[2] == answer(plain, GRADIENTS, body, headers)[2], name
-
-
-class BrokenWorker:
-    """The app's worker, but for its `run`, which fails as no request could make it."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.settings, self.pinned_device = worker.settings, worker.pinned_device
-
-    async def run(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("secret internal state")
 
 
 def test_an_unexpected_error_is_the_same_500_problem(app: FastAPI) -> None:

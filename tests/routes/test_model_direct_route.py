@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.deps import get_worker
 from service.routes import models
 from service.settings import Settings
-from service.worker import Worker
+from tests import direct_answers
 from tests.conftest import wait_ready
+from tests.direct_answers import Answer, BrokenWorker
 
 PATIENT = [[76.0, 120.0, 37.5]]
 JSON = {"content-type": "application/json"}
@@ -71,38 +70,12 @@ def app() -> Iterator[FastAPI]:
         yield app
 
 
-class Delegate:
-    """A dependency override that hands out the app's own worker and counts the requests it served."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, request: Request) -> Worker:
-        self.calls += 1
-        worker: Worker = await get_worker(request)
-        return worker
-
-
-def answer(client: TestClient, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    response = client.post(path, content=body, headers={**headers, "x-request-id": "same-id"})
-    return response.status_code, dict(response.headers), response.content
-
-
 def both_ways(
     app: FastAPI, requests: list[tuple[str, bytes, dict[str, str]]], root_path: str = ""
-) -> Iterator[tuple[str, Any, Any]]:
+) -> Iterator[tuple[str, Answer, Answer]]:
     """Each request's answer from the direct route and from FastAPI's generic handler on the same app."""
-    client = TestClient(app, root_path=root_path, raise_server_exceptions=False)
-    for path, body, headers in requests:
-        direct = answer(client, root_path + path, body, headers)
-        delegate = Delegate()
-        app.dependency_overrides[get_worker] = delegate
-        try:
-            generic = answer(client, root_path + path, body, headers)
-        finally:
-            app.dependency_overrides.clear()
-        assert delegate.calls == 1, path  # the generic handler answered it
-        yield path, direct, generic
+    labelled = [(path, root_path + path, body, headers) for path, body, headers in requests]
+    return direct_answers.both_ways(app, labelled, root_path)
 
 
 def every_request() -> list[tuple[str, bytes, dict[str, str]]]:
@@ -135,17 +108,6 @@ def test_behind_a_root_path_too(app: FastAPI) -> None:
     requests = [(f"{PATHS[1]}:{verb}", body, headers) for verb, _, body, headers in REQUESTS[:8]]
     for path, direct, generic in both_ways(app, requests, root_path="/tapeserve"):
         assert direct == generic, path
-
-
-class BrokenWorker:
-    """The app's worker, but for its `run`, which fails as no request could make it."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.settings, self.pinned_device = worker.settings, worker.pinned_device
-        self.deadline = worker.deadline
-
-    async def run(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("secret internal state")
 
 
 def test_an_unexpected_error_is_the_same_500_problem(app: FastAPI) -> None:
