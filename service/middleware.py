@@ -3,12 +3,13 @@ lifespan's) straight to the wrapped app."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-class HttpMiddleware:
+class HttpMiddleware(ABC):
     """A pure ASGI middleware that acts on HTTP requests only. Subclasses implement `handle`."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -20,6 +21,6 @@ class HttpMiddleware:
             return self.app(scope, receive, send)
         return self.handle(scope, receive, send)
 
+    @abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request through `self.app`."""
-        raise NotImplementedError
