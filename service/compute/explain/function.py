@@ -69,6 +69,8 @@ class FunctionExplainer:
         """Concrete functions traced so far (a request that finds its function traced adds none)."""
         self.xla_calls = 0
         """Calls that ran XLA-compiled."""
+        self._xla_answered: set[tuple[str, bool, bool, int]] = set()
+        """(method, absolute, noisy, bucket) that XLA has compiled and answered once (as compiled._Bucketed)."""
 
     def _concrete(self, evaluated: Evaluation, jit: bool) -> Any:
         key = (evaluated.method, evaluated.absolute, evaluated.noisy, jit)
@@ -134,16 +136,22 @@ class FunctionExplainer:
         self, evaluated: Evaluation, job: AttributionInputs, bounds: tuple[int, int], rows: int, per_instance: int
     ) -> dict[str, np.ndarray]:
         """One call of instances `bounds` run as `rows`: XLA-compiled (padded to a power of two within the
-        element limit) when large enough, and without XLA if XLA cannot compile the function."""
+        element limit) when large enough, and without XLA from then on if XLA cannot compile the function
+        (a first call of a shape that fails; a shape that has answered before fails as the call's own error)."""
         bucket = 1 << max(rows - 1, 0).bit_length()
         large = self.xla_elements is not None and bucket * per_instance >= self.xla_elements
         if large and bucket * per_instance <= self.max_elements:
+            compiled = (evaluated.method, evaluated.absolute, evaluated.noisy, bucket)
             try:
                 found = self._call(self._concrete(evaluated, True), evaluated, job, bounds=bounds, rows=bucket)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
+                if compiled in self._xla_answered:
+                    raise  # XLA compiled this shape before: the error is the call's own, not XLA's
+                self.xla_elements = None  # XLA cannot compile this function: TensorFlow's kernels from now on
+            else:
+                self._xla_answered.add(compiled)
                 self.xla_calls += 1
                 return found
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
-                self.xla_elements = None  # XLA cannot compile this function: TensorFlow's kernels from now on
         return self._call(self._concrete(evaluated, False), evaluated, job, bounds=bounds, rows=rows)
 
     def _call(
