@@ -25,8 +25,11 @@ from service.compute.models.engine import (
 )
 from service.compute.models.loading import ServedModel, load_version, warm_up
 from service.compute.models.verbs import GradientRequest
+from service.settings import Settings
 from tests import model_repo
 
+MAX_ELEMENTS = Settings.model_fields["max_elements"].default
+"""TAPESERVE_MAX_ELEMENTS's default, as the service passes it."""
 RNG = np.random.default_rng(11)
 ENGINE = ModelsEngine()
 SIZES = (1, 3, 2, 5)
@@ -213,7 +216,7 @@ def test_the_cache_is_bounded_and_goes_with_the_version(tmp_path: pathlib.Path) 
 
 def test_warm_up_compiles_what_first_requests_run(tmp_path: pathlib.Path) -> None:
     served = load_version(model_repo.save_keras(model_repo.sequential(2), tmp_path, "seq", 1))
-    warm_up(served)
+    warm_up(served, MAX_ELEMENTS)
     warmed = set(served.functions.compiled())
     assert {key[0] for key in warmed} == {"predict", "gradients", "jacobian", "explain"}
     (explainer,) = (served.functions.get(key, dict) for key in warmed if key[0] == "explain")
@@ -236,12 +239,12 @@ def test_warm_up_compiles_what_first_requests_run(tmp_path: pathlib.Path) -> Non
 def _explain_job(
     served: ServedModel, x: np.ndarray, options: ExplainOptions, class_index: int | None = None
 ) -> ExplainJob:
-    """An `:explain` job as the adapter builds it (the default max_elements)."""
+    """An `:explain` job as the adapter builds it (the default TAPESERVE_MAX_ELEMENTS)."""
     evaluated = evaluation(options, "float32")
     attribution = attribution_inputs(
-        {"x": x}, evaluated, single=False, units=3, class_index=class_index, max_elements=4_194_304
+        {"x": x}, evaluated, single=False, units=3, class_index=class_index, max_elements=MAX_ELEMENTS
     )
-    return ExplainJob(served, "serving_default", {"x": x}, "out", evaluated, attribution, 4_194_304)
+    return ExplainJob(served, "serving_default", {"x": x}, "out", evaluated, attribution, MAX_ELEMENTS)
 
 
 def test_saved_models_run_exactly_as_they_are(tmp_path: pathlib.Path) -> None:

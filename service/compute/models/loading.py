@@ -95,7 +95,7 @@ class ServedModel:
         return outputs
 
 
-def warm_up(served: ServedModel, max_elements: int = 4_194_304) -> None:
+def warm_up(served: ServedModel, max_elements: int) -> None:
     """Run every verb's common form on zeros of each signature's input shapes (unknown dimensions 1), so the
     version's first request is as fast as its tenth: predict, the gradients of the only (or first) float
     output w.r.t. every float input (the function every target but a loss uses), its Jacobian w.r.t. the
