@@ -10,7 +10,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import tensorflow as tf
 
@@ -28,6 +28,11 @@ SizeRule = Callable[[Args], int | None]
 largest argument. May raise ValueProblem / SizeProblem for arguments it cannot size."""
 WorkRule = Callable[[Args], int]
 """Multiply-adds of a contraction, from its arguments (defaults filled in)."""
+
+
+def no_growth(args: Args) -> int | None:
+    """The size rule of an op whose result is no larger than its largest argument: the default."""
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,18 +66,16 @@ def keyword_only(**optional: Any) -> tuple[Param, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class OpSpec:
-    """One function of the language. Built by keyword; `name` is how a program calls it by plain name."""
+    """One function of the language, built by keyword. The first of `tf_names` names it: its last part is
+    the plain name a program calls it by (`exp`), and the TensorFlow function it resolves to is `fn`."""
 
-    name: str
-    fn: Callable[..., Any]
-    """The TensorFlow function, called with keyword arguments only."""
     tf_names: tuple[str, ...]
     """The dotted names a program may call it by (`tf.math.exp`); all resolve to `fn`."""
     params: tuple[Param, ...]
     """TensorFlow's parameter names and defaults, as far as the language exposes them."""
     summary: str
-    size: SizeRule
-    data: tuple[str, ...]
+    size: SizeRule = no_growth
+    data: tuple[str, ...] = ()
     """Parameters holding tensor data whose float dtype follows the other operands."""
     aliases: tuple[str, ...] = ()
     """More plain names for the op (`swish` for `silu`)."""
@@ -80,6 +83,13 @@ class OpSpec:
     """The op's `dtype` parameter makes float32 when not given (and no float tensor decides)."""
     work: WorkRule | None = None
     """Multiply-adds of a contraction, bounded separately from the result's size."""
+    name: str = dataclasses.field(init=False)
+    fn: Callable[..., Any] = dataclasses.field(init=False, repr=False)
+    """The TensorFlow function, called with keyword arguments only."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.tf_names[0].rsplit(".", 1)[-1])
+        object.__setattr__(self, "fn", resolve(self.tf_names[0]))
 
     @property
     def positional(self) -> tuple[Param, ...]:
@@ -102,6 +112,19 @@ class OpSpec:
 
     def with_defaults(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         return {p.name: bound.get(p.name, p.default) for p in self.params}
+
+
+def resolve(dotted: str) -> Callable[..., Any]:
+    """The TensorFlow function a dotted name (`tf.math.exp`) stands for; AttributeError if there is none."""
+    head, *parts = dotted.split(".")
+    if head != "tf":
+        raise ValueError(f"{dotted!r} is not a TensorFlow name")
+    found: Any = tf
+    for part in parts:
+        found = getattr(found, part)
+    if not callable(found):
+        raise TypeError(f"{dotted!r} is not a function")
+    return cast(Callable[..., Any], found)
 
 
 def _show(value: Any) -> str:

@@ -30,10 +30,6 @@ from service.compute.program.values import (
 )
 
 
-def no_growth(args: Args) -> int | None:
-    return None
-
-
 def broadcast(*names: str) -> SizeRule:
     def rule(args: Args) -> int | None:
         shapes = [shape_of(args[n], n) for n in names if args.get(n) is not None]
