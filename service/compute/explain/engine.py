@@ -18,9 +18,10 @@ import tensorflow as tf
 
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
-from service.compute.explain.prepare import Array, NetworkExplanation, NetworkStructure
+from service.compute.explain.prepare import Array, NetworkExplanation
 from service.compute.lru import LruCache
 from service.compute.networks.graph import activate
+from service.compute.networks.problem import NetworkStructure
 
 
 @dataclass

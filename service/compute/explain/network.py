@@ -10,11 +10,11 @@ import numpy as np
 from service.compute.explain.prepare import (
     ExplainOptions,
     NetworkExplanation,
-    NetworkStructure,
     attribution_inputs,
     evaluation,
 )
 from service.compute.networks import SEED_FEATURES, SEED_WEIGHTS, prepare_network
+from service.compute.networks.problem import NetworkStructure
 
 
 def prepare_network_explanation(

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.compute.errors import InvalidInput, LimitExceeded, Loc
+from service.compute.networks.problem import NetworkStructure
 from service.vocabulary import INTEGRATIONS, METHODS
 from service.vocabulary import IntegrationName as Integration
 from service.vocabulary import MethodName as Method
@@ -256,25 +257,6 @@ def attribution_inputs(
         noise=tuple(noise) if evaluated.noisy else None,
         class_index=class_indices(class_index, instances, units),
     )
-
-
-@dataclass(frozen=True)
-class NetworkStructure:
-    """What a network's compiled explanation depends on besides the method: its cache key."""
-
-    layer_shapes: tuple[tuple[int, int], ...]
-    activations: tuple[str, ...]
-    bias: str
-    dtype: str
-
-    @property
-    def units(self) -> int:
-        return self.layer_shapes[-1][0]
-
-    @property
-    def widest(self) -> int:
-        """Elements per evaluated point of the largest tensor the forward pass makes."""
-        return max(max(shape) for shape in self.layer_shapes)
 
 
 # eq=False: numpy fields make value equality ambiguous; a job is compared by identity.

@@ -2,7 +2,8 @@
 
 By role, so that what the adapters need never loads TensorFlow:
 
-* `problem`: `NetworkSpec` (a request's structure), `NetworkProblem` (its arrays), `NetworkResult`; numpy only.
+* `problem`: `NetworkStructure` (the network), `NetworkSpec` (a request's structure), `NetworkProblem` (its
+  arrays), `NetworkResult`; numpy only.
 * `prepare`: `prepare_network` validates one request's arrays and fixes its structure; numpy only.
 * `packing`: where each array sits in the packed rows a compiled function takes and gives; numpy only.
 * `graph`: the TensorFlow function of R requests of one structure, bit for bit the same alone or merged.

@@ -290,7 +290,7 @@ def prepare_network(
     _check_activations(activations)
     prepared_alphas = _check_alphas(activations, alphas)
     target_rows = _check_goal(labels, targets, single=single, samples=samples, units=layer_shapes[-1][0], dtype=dtype)
-    spec = spec_of((layer_shapes, tuple(activations), bias, loss, reduction, dtype, include_set, single), samples)
+    spec = spec_of((layer_shapes, tuple(activations), bias, dtype, loss, reduction, include_set, single), samples)
     return NetworkProblem(
         spec=spec, features=rows, targets=target_rows, weights=prepared_weights, alphas=prepared_alphas
     )

@@ -1,5 +1,6 @@
-"""What a network request is and what it answers: its structure (`NetworkSpec`), its validated arrays
-(`NetworkProblem`) and its answer (`NetworkResult`), with the vocabulary and the seed's case. numpy only."""
+"""What a network request is and what it answers: the network (`NetworkStructure`), the request's structure
+(`NetworkSpec`), its validated arrays (`NetworkProblem`) and its answer (`NetworkResult`), with the vocabulary
+and the seed's case. numpy only."""
 
 from __future__ import annotations
 
@@ -35,15 +36,31 @@ values as the OpenAPI example in `schemas.networks`, so the warm-up computes wha
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
-    """The structure of a request: everything a compiled function depends on (its cache key)."""
+class NetworkStructure:
+    """The network itself: its layers' weight shapes, their activations, how it takes a bias, and its dtype."""
 
     layer_shapes: tuple[tuple[int, int], ...]
     activations: tuple[str, ...]
     bias: Bias
+    dtype: FloatDType
+
+    @property
+    def units(self) -> int:
+        """Outputs of the last layer."""
+        return self.layer_shapes[-1][0]
+
+    @property
+    def widest(self) -> int:
+        """Elements per evaluated point of the largest tensor the forward pass makes."""
+        return max(max(shape) for shape in self.layer_shapes)
+
+
+@dataclass(frozen=True)
+class NetworkSpec(NetworkStructure):
+    """The structure of a request: everything a compiled function depends on (its cache key)."""
+
     loss: Loss
     reduction: Reduction
-    dtype: FloatDType
     includes: frozenset[str]
     single: bool
     batch: int
@@ -73,7 +90,7 @@ class NetworkProblem:
 
 
 SpecFields = tuple[
-    tuple[tuple[int, int], ...], tuple[str, ...], Bias, Loss, Reduction, FloatDType, frozenset[str], bool
+    tuple[tuple[int, int], ...], tuple[str, ...], Bias, FloatDType, Loss, Reduction, frozenset[str], bool
 ]
 """A `NetworkSpec`'s fields but the batch bucket, in order."""
 
