@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.compute.errors import InvalidInput, LimitExceeded, Loc
-from service.compute.gradcheck.results import Array, GradientCheck, SourceCheck, compare, name_index, summarise
+from service.compute.gradcheck.results import (
+    Array,
+    GradientCheck,
+    SourceCheck,
+    Tolerances,
+    compare,
+    name_index,
+    summarise,
+)
 
 if TYPE_CHECKING:
     from service.compute.program import ComputeRequest, TapeInput
@@ -50,6 +58,10 @@ class CheckOptions:
     """Monotonic deadline: finite differences stop (LimitExceeded) once it has passed."""
     notes: Sequence[str] = ()
     """Notes the caller already has (casts, replaced dtypes), reported first."""
+
+    @property
+    def tolerances(self) -> Tolerances:
+        return Tolerances(self.epsilon, self.rtol, self.atol)
 
 
 DEFAULT_OPTIONS = CheckOptions()
@@ -206,9 +218,7 @@ def conclude(
     return summarise(
         checks,
         dtype=dtype,
-        epsilon=options.epsilon,
-        rtol=options.rtol,
-        atol=options.atol,
+        tolerances=options.tolerances,
         perturbed=perturbed,
         notes=[*notes, *_precision_notes(dtype, options.epsilon)],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -75,13 +75,19 @@ class SourceCheck:
     """Rough absolute error of the finite differences from rounding alone: ε_machine·max|L| / ε."""
 
 
+class Tolerances(NamedTuple):
+    """How a check perturbs and compares: the central-difference step and `np.isclose`'s tolerances."""
+
+    epsilon: float
+    rtol: float
+    atol: float
+
+
 @dataclass
 class GradientCheck:
     passed: bool
     dtype: str
-    epsilon: float
-    rtol: float
-    atol: float
+    tolerances: Tolerances
     checks: list[SourceCheck]
     max_rel_error: float
     """The worst relative error of every comparison made (autodiff–numerical and claimed–autodiff)."""
@@ -121,8 +127,9 @@ def _rounding_note(checks: list[SourceCheck]) -> list[str]:
 
 
 def summarise(
-    checks: list[SourceCheck], *, dtype: str, epsilon: float, rtol: float, atol: float, perturbed: int, notes: list[str]
+    checks: list[SourceCheck], *, dtype: str, tolerances: Tolerances, perturbed: int, notes: list[str]
 ) -> GradientCheck:
+    rtol, atol = tolerances.rtol, tolerances.atol
     comparisons = [(check.source, "autodiff vs finite differences", check.comparison) for check in checks]
     comparisons += [
         (check.source, "claimed vs autodiff", check.claimed_comparison)
@@ -145,9 +152,7 @@ def summarise(
     return GradientCheck(
         passed=passed,
         dtype=dtype,
-        epsilon=epsilon,
-        rtol=rtol,
-        atol=atol,
+        tolerances=tolerances,
         checks=checks,
         max_rel_error=worst.max_rel_error,
         verdict=band,
