@@ -230,9 +230,7 @@ def trace(layout: Layout, on_trace: Callable[[], None], jit_compile: bool) -> An
 
     def network(packed: Any) -> Any:
         on_trace()
-        unpacked = {
-            slot.name: tf.reshape(packed[:, slot.offset : slot.end], (-1, *slot.shape)) for slot in layout.inputs
-        }
+        unpacked = {slot.name: tf.reshape(packed[:, slot.columns], (-1, *slot.shape)) for slot in layout.inputs}
         out = network_outputs(spec, unpacked)
         return tf.concat([tf.reshape(out[slot.name], (-1, slot.size)) for slot in layout.outputs], axis=1)
 

@@ -20,13 +20,19 @@ Entries = list[tuple[str, tuple[int, ...]]]
 
 @dataclass(frozen=True)
 class Slot:
-    """One array's place in a packed row: one request's values, flattened, from `offset` to `end`."""
+    """One array's place in a packed row: one request's values, flattened, in the row's `columns`."""
 
     name: str
     shape: tuple[int, ...]
-    offset: int
-    size: int
-    end: int
+    columns: slice
+
+    @property
+    def size(self) -> int:
+        return int(self.columns.stop - self.columns.start)
+
+    @property
+    def offset(self) -> int:
+        return int(self.columns.start)
 
 
 def _slots(entries: Entries) -> tuple[tuple[Slot, ...], int]:
@@ -34,7 +40,7 @@ def _slots(entries: Entries) -> tuple[tuple[Slot, ...], int]:
     offset = 0
     for name, shape in entries:
         size = math.prod(shape)
-        slots.append(Slot(name, shape, offset, size, offset + size))
+        slots.append(Slot(name, shape, slice(offset, offset + size)))
         offset += size
     return tuple(slots), offset
 
@@ -113,26 +119,26 @@ class Layout:
             *((slot, [problem.weights[i] for problem in problems]) for i, slot in enumerate(weights)),
             (alphas, [problem.alphas for problem in problems]),
         ):
-            head[:, slot.offset : slot.end] = np.asarray(arrays).reshape(requests, slot.size)
-        head[:, mask.offset : mask.offset + self.spec.batch] = 1
+            head[:, slot.columns] = np.asarray(arrays).reshape(requests, slot.size)
+        head[:, mask.columns] = 1
 
     def _pack_padded(self, row: Array, problem: NetworkProblem) -> None:
         """One request's row; padded samples repeat its last real one (finite wherever the real ones are)
         and are masked out."""
         features, targets, *weights, alphas, mask = self.inputs
         batch, samples = self.spec.batch, problem.samples
-        padded_features = row[features.offset : features.end].reshape(batch, -1)
+        padded_features = row[features.columns].reshape(batch, -1)
         padded_features[:samples] = problem.features
         padded_features[samples:] = problem.features[-1]
-        padded_targets = row[targets.offset : targets.end].reshape(batch, -1)
+        padded_targets = row[targets.columns].reshape(batch, -1)
         padded_targets[:samples] = problem.targets
         padded_targets[samples:] = problem.targets[-1]
         row[mask.offset : mask.offset + samples] = 1
         row[mask.offset + samples : mask.offset + batch] = 0
         for slot, w in zip(weights, problem.weights, strict=True):
-            row[slot.offset : slot.end] = w.reshape(-1)
-        row[alphas.offset : alphas.end] = problem.alphas
+            row[slot.columns] = w.reshape(-1)
+        row[alphas.columns] = problem.alphas
 
     def unpack(self, result: Array) -> dict[str, Array]:
         """Every output by name from the packed (R, Q) rows, with the request axis first."""
-        return {slot.name: result[:, slot.offset : slot.end].reshape(-1, *slot.shape) for slot in self.outputs}
+        return {slot.name: result[:, slot.columns].reshape(-1, *slot.shape) for slot in self.outputs}
