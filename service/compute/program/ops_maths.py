@@ -28,6 +28,11 @@ reduction = partial(OpSpec, params=REDUCE, data=("input_tensor",))
 """A reduction of `input_tensor` over `axis` (all axes by default)."""
 
 
+def boolean(name: str, operator: str) -> OpSpec:
+    """`tf.<name>`, also `tf.math.<name>`: x <operator> y element-wise, broadcasting, as a bool tensor."""
+    return binary(tf_names=(f"tf.{name}", f"tf.math.{name}"), summary=f"x {operator} y as a bool tensor.")
+
+
 MATHS: tuple[OpSpec, ...] = (
     # element-wise maths
     unary(tf_names=("tf.abs", "tf.math.abs"), summary="|x| element-wise."),
@@ -112,14 +117,14 @@ MATHS: tuple[OpSpec, ...] = (
         size=sizes.list_largest,
         data=("inputs",),
     ),
-    binary(tf_names=("tf.equal", "tf.math.equal"), summary="x == y as a bool tensor."),
-    binary(tf_names=("tf.not_equal", "tf.math.not_equal"), summary="x != y as a bool tensor."),
-    binary(tf_names=("tf.less", "tf.math.less"), summary="x < y as a bool tensor."),
-    binary(tf_names=("tf.less_equal", "tf.math.less_equal"), summary="x <= y as a bool tensor."),
-    binary(tf_names=("tf.greater", "tf.math.greater"), summary="x > y as a bool tensor."),
-    binary(tf_names=("tf.greater_equal", "tf.math.greater_equal"), summary="x >= y as bool."),
-    binary(tf_names=("tf.logical_and", "tf.math.logical_and"), summary="x and y, bool."),
-    binary(tf_names=("tf.logical_or", "tf.math.logical_or"), summary="x or y, bool."),
+    boolean("equal", "=="),
+    boolean("not_equal", "!="),
+    boolean("less", "<"),
+    boolean("less_equal", "<="),
+    boolean("greater", ">"),
+    boolean("greater_equal", ">="),
+    boolean("logical_and", "and"),
+    boolean("logical_or", "or"),
     OpSpec(tf_names=("tf.logical_not", "tf.math.logical_not"), params=X, summary="not x, bool."),
     OpSpec(
         tf_names=("tf.where",),
