@@ -14,6 +14,7 @@ X = params("x")
 TENSORS: tuple[OpSpec, ...] = (
     # linear algebra
     OpSpec(
+        fn=tf.linalg.matmul,
         tf_names=("tf.matmul", "tf.linalg.matmul"),
         params=params("a", "b", transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False),
         summary="Matrix product a @ b over the last two axes (batch axes broadcast).",
@@ -22,6 +23,7 @@ TENSORS: tuple[OpSpec, ...] = (
         work=sizes.matmul_work,
     ),
     OpSpec(
+        fn=tf.linalg.matvec,
         tf_names=("tf.linalg.matvec",),
         params=params("a", "b", transpose_a=False, adjoint_a=False),
         summary="Matrix-vector product: a (…, m, n) times b (…, n) gives (…, m).",
@@ -30,6 +32,7 @@ TENSORS: tuple[OpSpec, ...] = (
         work=sizes.matvec_work,
     ),
     OpSpec(
+        fn=tf.tensordot,
         tf_names=("tf.tensordot", "tf.linalg.tensordot"),
         params=params("a", "b", "axes"),
         summary="Contract the last axes of a with the first of b (axes: a count), or the listed [a_axes, b_axes].",
@@ -37,16 +40,20 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("a", "b"),
         work=sizes.tensordot_work,
     ),
-    OpSpec(tf_names=("tf.linalg.trace",), params=X, summary="Sum of the main diagonal.", data=("x",)),
     OpSpec(
+        fn=tf.linalg.trace, tf_names=("tf.linalg.trace",), params=X, summary="Sum of the main diagonal.", data=("x",)
+    ),
+    OpSpec(
+        fn=tf.linalg.diag,
         tf_names=("tf.linalg.diag",),
         params=params("diagonal"),
         summary="A (…, n, n) matrix with diagonal (…, n) on its main diagonal.",
         size=sizes.diag,
         data=("diagonal",),
     ),
-    OpSpec(tf_names=("tf.linalg.diag_part",), params=params("input"), summary="Main diagonal."),
+    OpSpec(fn=tf.linalg.diag_part, tf_names=("tf.linalg.diag_part",), params=params("input"), summary="Main diagonal."),
     OpSpec(
+        fn=tf.eye,
         tf_names=("tf.eye", "tf.linalg.eye"),
         params=params("num_rows", num_columns=None, batch_shape=None, dtype=tf.float32),
         summary="Identity matrix (or a batch of them).",
@@ -54,10 +61,15 @@ TENSORS: tuple[OpSpec, ...] = (
         float_dtype_param=True,
     ),
     OpSpec(
-        tf_names=("tf.linalg.matrix_transpose",), params=params("a"), summary="Swap the last two axes.", data=("a",)
+        fn=tf.linalg.matrix_transpose,
+        tf_names=("tf.linalg.matrix_transpose",),
+        params=params("a"),
+        summary="Swap the last two axes.",
+        data=("a",),
     ),
     # shapes and indexing
     OpSpec(
+        fn=tf.concat,
         tf_names=("tf.concat",),
         params=params("values", "axis"),
         summary="Join a list of tensors along an existing axis.",
@@ -65,6 +77,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("values",),
     ),
     OpSpec(
+        fn=tf.stack,
         tf_names=("tf.stack",),
         params=params("values", axis=0),
         summary="Join a list of same-shaped tensors along a new axis.",
@@ -72,6 +85,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("values",),
     ),
     OpSpec(
+        fn=tf.unstack,
         tf_names=("tf.unstack",),
         params=params("value", num=None, axis=0),
         summary="Split a tensor into a list along axis.",
@@ -79,6 +93,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("value",),
     ),
     OpSpec(
+        fn=tf.split,
         tf_names=("tf.split",),
         params=params("value", "num_or_size_splits", axis=0, num=None),
         summary="A list of pieces along axis: num_or_size_splits equal ones, or pieces of the listed sizes "
@@ -87,27 +102,35 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("value",),
     ),
     OpSpec(
+        fn=tf.reshape,
         tf_names=("tf.reshape",),
         params=params("tensor", "shape"),
         summary="Same elements, new shape (-1 infers one dimension).",
         data=("tensor",),
     ),
     OpSpec(
+        fn=tf.transpose,
         tf_names=("tf.transpose",),
         params=params("a", perm=None),
         summary="Permute the axes (default: reverse them).",
         data=("a",),
     ),
     OpSpec(
+        fn=tf.expand_dims,
         tf_names=("tf.expand_dims",),
         params=params("input", "axis"),
         summary="Insert an axis of length 1.",
         data=("input",),
     ),
     OpSpec(
-        tf_names=("tf.squeeze",), params=params("input", axis=None), summary="Remove axes of length 1.", data=("input",)
+        fn=tf.squeeze,
+        tf_names=("tf.squeeze",),
+        params=params("input", axis=None),
+        summary="Remove axes of length 1.",
+        data=("input",),
     ),
     OpSpec(
+        fn=tf.tile,
         tf_names=("tf.tile",),
         params=params("input", "multiples"),
         summary="Repeat the tensor multiples[i] times along axis i.",
@@ -115,6 +138,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("input",),
     ),
     OpSpec(
+        fn=tf.gather,
         tf_names=("tf.gather",),
         params=params("params", "indices", validate_indices=None, axis=None, batch_dims=0),
         summary="Slices of params at indices along axis.",
@@ -122,12 +146,14 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("params",),
     ),
     OpSpec(
+        fn=tf.reverse,
         tf_names=("tf.reverse",),
         params=params("tensor", "axis"),
         summary="Reverse the order along the given axes.",
         data=("tensor",),
     ),
     OpSpec(
+        fn=tf.one_hot,
         tf_names=("tf.one_hot",),
         params=params("indices", "depth", on_value=None, off_value=None, axis=None, dtype=None),
         summary="One-hot rows of length depth for integer indices (float32 unless on/off values or dtype say else).",
@@ -137,6 +163,7 @@ TENSORS: tuple[OpSpec, ...] = (
     ),
     # creating tensors
     OpSpec(
+        fn=tf.constant,
         tf_names=("tf.constant",),
         params=params("value", dtype=None, shape=None),
         summary="A tensor from numbers or lists (integer lists give int32, as in TensorFlow).",
@@ -144,6 +171,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("value",),
     ),
     OpSpec(
+        fn=tf.ones,
         tf_names=("tf.ones",),
         params=params("shape", dtype=tf.float32),
         summary="A tensor of ones.",
@@ -151,6 +179,7 @@ TENSORS: tuple[OpSpec, ...] = (
         float_dtype_param=True,
     ),
     OpSpec(
+        fn=tf.zeros,
         tf_names=("tf.zeros",),
         params=params("shape", dtype=tf.float32),
         summary="A tensor of zeros.",
@@ -158,18 +187,21 @@ TENSORS: tuple[OpSpec, ...] = (
         float_dtype_param=True,
     ),
     OpSpec(
+        fn=tf.ones_like,
         tf_names=("tf.ones_like",),
         params=params("input", dtype=None),
         summary="Ones with the shape (and dtype) of input.",
         data=("input",),
     ),
     OpSpec(
+        fn=tf.zeros_like,
         tf_names=("tf.zeros_like",),
         params=params("input", dtype=None),
         summary="Zeros with the shape (and dtype) of input.",
         data=("input",),
     ),
     OpSpec(
+        fn=tf.fill,
         tf_names=("tf.fill",),
         params=params("dims", "value"),
         summary="A tensor of shape dims filled with the scalar value.",
@@ -177,6 +209,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("value",),
     ),
     OpSpec(
+        fn=tf.broadcast_to,
         tf_names=("tf.broadcast_to",),
         params=params("input", "shape"),
         summary="Broadcast input to shape.",
@@ -184,6 +217,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("input",),
     ),
     OpSpec(
+        fn=tf.linspace,
         tf_names=("tf.linspace",),
         params=params("start", "stop", "num") + keyword_only(axis=0),
         summary="num evenly spaced values from start to stop inclusive (integer ends give float64, as in TensorFlow).",
@@ -191,6 +225,7 @@ TENSORS: tuple[OpSpec, ...] = (
         data=("start", "stop"),
     ),
     OpSpec(
+        fn=tf.range,
         tf_names=("tf.range",),
         params=params("start", limit=None, delta=1, dtype=None),
         summary="start, start + delta, … up to but excluding limit (range(n) counts from 0).",
@@ -199,23 +234,33 @@ TENSORS: tuple[OpSpec, ...] = (
     ),
     # types and the tape
     OpSpec(
+        fn=tf.cast,
         tf_names=("tf.cast", "tf.dtypes.cast"),
         params=params("x", "dtype"),
         summary="Convert to dtype (tf.float32, tf.float64, tf.int32, tf.int64, tf.bool).",
         data=("x",),
     ),
-    OpSpec(tf_names=("tf.identity",), params=params("input"), summary="The same values.", data=("input",)),
     OpSpec(
+        fn=tf.identity, tf_names=("tf.identity",), params=params("input"), summary="The same values.", data=("input",)
+    ),
+    OpSpec(
+        fn=tf.stop_gradient,
         tf_names=("tf.stop_gradient",),
         params=params("input"),
         summary="The same values, but no gradient flows through.",
         data=("input",),
     ),
-    OpSpec(tf_names=("tf.shape",), params=params("input", out_type=None), summary="The shape as an int32 tensor."),
     OpSpec(
+        fn=tf.shape,
+        tf_names=("tf.shape",),
+        params=params("input", out_type=None),
+        summary="The shape as an int32 tensor.",
+    ),
+    OpSpec(
+        fn=tf.size,
         tf_names=("tf.size",),
         params=params("input", out_type=None),
         summary="The number of elements as an int32 scalar.",
     ),
-    OpSpec(tf_names=("tf.rank",), params=params("input"), summary="The number of axes as an int32 scalar."),
+    OpSpec(fn=tf.rank, tf_names=("tf.rank",), params=params("input"), summary="The number of axes as an int32 scalar."),
 )

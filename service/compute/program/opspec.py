@@ -10,7 +10,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import tensorflow as tf
 
@@ -66,9 +66,11 @@ def keyword_only(**optional: Any) -> tuple[Param, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class OpSpec:
-    """One function of the language, built by keyword. The first of `tf_names` names it: its last part is
-    the plain name a program calls it by (`exp`), and the TensorFlow function it resolves to is `fn`."""
+    """One function of the language, built by keyword. The last part of its first dotted name is the plain
+    name a program calls it by (`exp` for `tf.math.exp`)."""
 
+    fn: Callable[..., Any]
+    """The TensorFlow function, called with keyword arguments only."""
     tf_names: tuple[str, ...]
     """The dotted names a program may call it by (`tf.math.exp`); all resolve to `fn`."""
     params: tuple[Param, ...]
@@ -84,12 +86,9 @@ class OpSpec:
     work: WorkRule | None = None
     """Multiply-adds of a contraction, bounded separately from the result's size."""
     name: str = dataclasses.field(init=False)
-    fn: Callable[..., Any] = dataclasses.field(init=False, repr=False)
-    """The TensorFlow function, called with keyword arguments only."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", self.tf_names[0].rsplit(".", 1)[-1])
-        object.__setattr__(self, "fn", resolve(self.tf_names[0]))
 
     @property
     def positional(self) -> tuple[Param, ...]:
@@ -112,19 +111,6 @@ class OpSpec:
 
     def with_defaults(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         return {p.name: bound.get(p.name, p.default) for p in self.params}
-
-
-def resolve(dotted: str) -> Callable[..., Any]:
-    """The TensorFlow function a dotted name (`tf.math.exp`) stands for; AttributeError if there is none."""
-    head, *parts = dotted.split(".")
-    if head != "tf":
-        raise ValueError(f"{dotted!r} is not a TensorFlow name")
-    found: Any = tf
-    for part in parts:
-        found = getattr(found, part)
-    if not callable(found):
-        raise TypeError(f"{dotted!r} is not a function")
-    return cast(Callable[..., Any], found)
 
 
 def _show(value: Any) -> str:
