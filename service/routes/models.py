@@ -109,56 +109,50 @@ def install(app: FastAPI, route_class: type[APIRoute] = TFServingRoute) -> None:
 
 
 READ_PROBLEMS = problem_responses(401, 404, 422)
+METADATA_PROBLEMS = {**READ_PROBLEMS, **problem_responses(503)}
 PREDICT_PROBLEMS = {**PROBLEM_RESPONSES, **problem_responses(404, 503)}
 Name = Annotated[str, Path(description="The model's folder name in the repository.", examples=["diabetes"])]
 Version = Annotated[str, Path(description="A version: a positive integer.", examples=["1"])]
 
 
-@route("GET", "", response_model=ModelList, responses=problem_responses(401), summary="The served models")
+def get(
+    path: str, response_model: type[Any], summary: str, responses: dict[int | str, dict[str, Any]] = READ_PROBLEMS
+) -> Callable[[Endpoint], Endpoint]:
+    """Declares a `GET` route answering `response_model`, its problems documented by `responses`."""
+    return route("GET", path, response_model=response_model, responses=responses, summary=summary)
+
+
+@get("", ModelList, "The served models", problem_responses(401))
 async def list_models(models: ModelsDep) -> JSONBytesResponse:
     return json_response(adapt.model_list(models))
 
 
-@route(
-    "GET",
-    "/{name:segment}",
-    response_model=ModelStatus,
-    responses=READ_PROBLEMS,
-    summary="A model's status: every version's state (TF Serving's GetModelStatus)",
-)
+@get("/{name:segment}", ModelStatus, "A model's status: every version's state (TF Serving's GetModelStatus)")
 async def model_status(name: Name, models: ModelsDep) -> JSONBytesResponse:
     return json_response(adapt.model_status(models.status(name)))
 
 
-@route(
-    "GET",
-    "/{name:segment}/versions/{version:segment}",
-    response_model=ModelStatus,
-    responses=READ_PROBLEMS,
-    summary="One version's status",
-)
+@get("/{name:segment}/versions/{version:segment}", ModelStatus, "One version's status")
 async def model_version_status(name: Name, version: Version, models: ModelsDep) -> JSONBytesResponse:
     return json_response(adapt.model_status(models.status(name, adapt.parse_version(version))))
 
 
-@route(
-    "GET",
+@get(
     "/{name:segment}/metadata",
-    response_model=ModelMetadata,
-    responses={**READ_PROBLEMS, **problem_responses(503)},
-    summary="The signatures of a model's highest available version (TF Serving's signature_def JSON)",
+    ModelMetadata,
+    "The signatures of a model's highest available version (TF Serving's signature_def JSON)",
+    METADATA_PROBLEMS,
 )
 async def model_metadata(name: Name, models: ModelsDep) -> JSONBytesResponse:
     with models.lease(name) as lease:
         return json_response(adapt.model_metadata(lease))
 
 
-@route(
-    "GET",
+@get(
     "/{name:segment}/versions/{version:segment}/metadata",
-    response_model=ModelMetadata,
-    responses={**READ_PROBLEMS, **problem_responses(503)},
-    summary="The signatures of one version",
+    ModelMetadata,
+    "The signatures of one version",
+    METADATA_PROBLEMS,
 )
 async def model_version_metadata(name: Name, version: Version, models: ModelsDep) -> JSONBytesResponse:
     with models.lease(name, adapt.parse_version(version)) as lease:

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from service.compute.errors import ProgramError, TapeSemanticsError
-from service.compute.program import ComputeRequest, TapeInput
+from service.compute.program import ComputeRequest, TapeInput, TapeRun
 from service.compute.program.ops import list_ops
 from service.compute.program.runner import run_tape
 
@@ -67,20 +67,54 @@ LABELS = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25
 derivative only where the labels sum to 1 (elsewhere the answer is still TensorFlow's, as tested)."""
 
 
+def on(floats: dict[str, Array], programs: dict[str, str], *, smooth: bool = True) -> list[Case]:
+    """One case per `id: program`, every one on the same float inputs."""
+    return [Case(id, program, floats, smooth=smooth) for id, program in programs.items()]
+
+
+XW = {"x": X23, "w": W23}
+
 CASES: list[Case] = [
-    Case("reduce_euclidean_norm", "y = tf.math.reduce_euclidean_norm(x, axis=1)", {"x": X23}),
-    Case("reduce_euclidean_norm_all_keepdims", "y = tf.math.reduce_euclidean_norm(x, keepdims=True)", {"x": X23}),
-    Case("reduce_euclidean_norm_negative_axis", "y = tf.math.reduce_euclidean_norm(x, axis=-2)", {"x": X23}),
-    Case("xlogy", "y = tf.math.xlogy(x, w)", {"x": X23, "w": W23}),
-    Case("xlog1py", "y = tf.math.xlog1py(x, w)", {"x": X23, "w": W23}),
-    Case("xdivy", "y = tf.math.xdivy(x, w)", {"x": X23, "w": W23}),
-    # TensorFlow's gradient by x is 0 where x is 0; finite differences disagree
-    Case(
-        "xlogy_xdivy_at_zero",
-        "y = tf.math.xlogy(x * 0.0, w) + tf.math.xdivy(x * 0.0, w) + tf.math.xlog1py(x * 0.0, w)",
-        {"x": X23, "w": W23},
+    *on(
+        {"x": X23},
+        {
+            "reduce_euclidean_norm": "y = tf.math.reduce_euclidean_norm(x, axis=1)",
+            "reduce_euclidean_norm_all_keepdims": "y = tf.math.reduce_euclidean_norm(x, keepdims=True)",
+            "reduce_euclidean_norm_negative_axis": "y = tf.math.reduce_euclidean_norm(x, axis=-2)",
+            "split_unpacked": "a, b = tf.split(x, 2, axis=0)\ny = a * b + tf.reduce_sum(b)",
+            "split_sizes_subscripted": "p = tf.split(x, [1, -1], 1)\ny = p[0] * p[1][:, 1:] + p[-1][:, :1]",
+            "split_negative_axis": "c, d, e = tf.split(x, num_or_size_splits=3, axis=-1)\ny = c * d * e",
+            "l2_loss": "y = tf.nn.l2_loss(x)",
+        },
+    ),
+    *on(
+        XW,
+        {
+            "xlogy": "y = tf.math.xlogy(x, w)",
+            "xlog1py": "y = tf.math.xlog1py(x, w)",
+            "xdivy": "y = tf.math.xdivy(x, w)",
+            "tensordot_count": "y = tf.tensordot(x, tf.transpose(w), 1)",
+            "tensordot_lists": "y = tf.tensordot(x, w, [[1, 0], [-1, 0]])",
+            "tensordot_outer": "y = tf.linalg.tensordot(x, w, axes=0)",
+            "add_n": "y = tf.math.add_n([x, w, x * w])",
+        },
+    ),
+    *on(
+        XW,
+        {
+            # TensorFlow's gradient by x is 0 where x is 0; finite differences disagree
+            "xlogy_xdivy_at_zero": "y = tf.math.xlogy(x * 0.0, w) + tf.math.xdivy(x * 0.0, w) "
+            "+ tf.math.xlog1py(x * 0.0, w)",
+            # a step of one ulp: finite differences see the identity, or nothing
+            "nextafter": "y = tf.math.nextafter(x, w)",
+            # jumps where x·3 / w crosses an integer
+            "floormod": "y = tf.math.floormod(x * 3.0, w)",
+            "mod_negative": "y = tf.math.mod(-x, w)",
+            "divide_no_nan": "y = tf.math.divide_no_nan(x, tf.nn.relu(w - 1.2))",
+        },
         smooth=False,
     ),
+    Case("multiply_no_nan", "y = tf.math.multiply_no_nan(tf.math.log(x - 1.0), w - 1.0)", {"x": X23 + 0.75, "w": W23}),
     Case(
         "embedding_lookup",
         "y = tf.nn.embedding_lookup(x, ids)",
@@ -107,27 +141,43 @@ CASES: list[Case] = [
         "y = tf.math.unsorted_segment_sum(x, [-1, 0, 3, 0], num_segments=5)",
         {"x": SEGMENT_DATA},
     ),
-    # a step of one ulp: finite differences see the identity, or nothing
-    Case("nextafter", "y = tf.math.nextafter(x, w)", {"x": X23, "w": W23}, smooth=False),
-    Case("conv2d_same", "y = tf.nn.conv2d(x, w, strides=1, padding='SAME')", {"x": IMAGE, "w": FILTERS}),
-    Case("conv2d_valid_strided", "y = tf.nn.conv2d(x, w, [1, 2, 1, 1], 'VALID')", {"x": IMAGE, "w": FILTERS}),
-    Case("conv2d_explicit", "y = tf.nn.conv2d(x, w, 1, [[0, 0], [1, 2], [0, 1], [0, 0]])", {"x": IMAGE, "w": FILTERS}),
-    Case("conv1d", "y = tf.nn.conv1d(x, w, stride=2, padding='SAME')", {"x": SIGNAL, "w": FILTERS_1D}),
-    Case("conv1d_valid", "y = tf.nn.conv1d(x, w, 1, 'VALID')", {"x": SIGNAL, "w": FILTERS_1D}),
-    Case("depthwise_conv2d", "y = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], 'SAME')", {"x": IMAGE, "w": DEPTHWISE}),
-    Case(
-        "depthwise_conv2d_strided",
-        "y = tf.nn.depthwise_conv2d(x, w, strides=[1, 2, 2, 1], padding='VALID')",
-        {"x": IMAGE, "w": DEPTHWISE},
+    *on(
+        {"x": IMAGE, "w": FILTERS},
+        {
+            "conv2d_same": "y = tf.nn.conv2d(x, w, strides=1, padding='SAME')",
+            "conv2d_valid_strided": "y = tf.nn.conv2d(x, w, [1, 2, 1, 1], 'VALID')",
+            "conv2d_explicit": "y = tf.nn.conv2d(x, w, 1, [[0, 0], [1, 2], [0, 1], [0, 0]])",
+        },
     ),
-    Case("max_pool2d", "y = tf.nn.max_pool2d(x, ksize=2, strides=2, padding='SAME')", {"x": IMAGE}),
-    Case("max_pool2d_overlapping", "y = tf.nn.max_pool2d(x, [3, 2], [1, 1], 'VALID')", {"x": IMAGE}),
-    Case("avg_pool2d", "y = tf.nn.avg_pool2d(x, 2, 2, 'SAME')", {"x": IMAGE}),
-    Case("avg_pool2d_valid", "y = tf.nn.avg_pool2d(x, [1, 2, 3, 1], [1, 1, 1, 1], padding='VALID')", {"x": IMAGE}),
-    Case(
-        "softmax_cross_entropy_with_logits",
-        "y = tf.nn.softmax_cross_entropy_with_logits(labels=w, logits=x)",
+    *on(
+        {"x": SIGNAL, "w": FILTERS_1D},
+        {
+            "conv1d": "y = tf.nn.conv1d(x, w, stride=2, padding='SAME')",
+            "conv1d_valid": "y = tf.nn.conv1d(x, w, 1, 'VALID')",
+        },
+    ),
+    *on(
+        {"x": IMAGE, "w": DEPTHWISE},
+        {
+            "depthwise_conv2d": "y = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], 'SAME')",
+            "depthwise_conv2d_strided": "y = tf.nn.depthwise_conv2d(x, w, strides=[1, 2, 2, 1], padding='VALID')",
+        },
+    ),
+    *on(
+        {"x": IMAGE},
+        {
+            "max_pool2d": "y = tf.nn.max_pool2d(x, ksize=2, strides=2, padding='SAME')",
+            "max_pool2d_overlapping": "y = tf.nn.max_pool2d(x, [3, 2], [1, 1], 'VALID')",
+            "avg_pool2d": "y = tf.nn.avg_pool2d(x, 2, 2, 'SAME')",
+            "avg_pool2d_valid": "y = tf.nn.avg_pool2d(x, [1, 2, 3, 1], [1, 1, 1, 1], padding='VALID')",
+        },
+    ),
+    *on(
         {"x": LOGITS, "w": LABELS},
+        {
+            "softmax_cross_entropy_with_logits": "y = tf.nn.softmax_cross_entropy_with_logits(labels=w, logits=x)",
+            "sigmoid_cross_entropy_with_logits": "y = tf.nn.sigmoid_cross_entropy_with_logits(labels=w, logits=x)",
+        },
     ),
     Case(
         "softmax_cross_entropy_with_logits_axis0",
@@ -140,24 +190,6 @@ CASES: list[Case] = [
         {"x": LOGITS},
         {"k": np.array([3, 0, 2], dtype=np.int32)},
     ),
-    Case(
-        "sigmoid_cross_entropy_with_logits",
-        "y = tf.nn.sigmoid_cross_entropy_with_logits(labels=w, logits=x)",
-        {"x": LOGITS, "w": LABELS},
-    ),
-    Case("split_unpacked", "a, b = tf.split(x, 2, axis=0)\ny = a * b + tf.reduce_sum(b)", {"x": X23}),
-    Case("split_sizes_subscripted", "p = tf.split(x, [1, -1], 1)\ny = p[0] * p[1][:, 1:] + p[-1][:, :1]", {"x": X23}),
-    Case("split_negative_axis", "c, d, e = tf.split(x, num_or_size_splits=3, axis=-1)\ny = c * d * e", {"x": X23}),
-    Case("tensordot_count", "y = tf.tensordot(x, tf.transpose(w), 1)", {"x": X23, "w": W23}),
-    Case("tensordot_lists", "y = tf.tensordot(x, w, [[1, 0], [-1, 0]])", {"x": X23, "w": W23}),
-    Case("tensordot_outer", "y = tf.linalg.tensordot(x, w, axes=0)", {"x": X23, "w": W23}),
-    Case("add_n", "y = tf.math.add_n([x, w, x * w])", {"x": X23, "w": W23}),
-    Case("l2_loss", "y = tf.nn.l2_loss(x)", {"x": X23}),
-    # jumps where x·3 / w crosses an integer
-    Case("floormod", "y = tf.math.floormod(x * 3.0, w)", {"x": X23, "w": W23}, smooth=False),
-    Case("mod_negative", "y = tf.math.mod(-x, w)", {"x": X23, "w": W23}, smooth=False),
-    Case("divide_no_nan", "y = tf.math.divide_no_nan(x, tf.nn.relu(w - 1.2))", {"x": X23, "w": W23}, smooth=False),
-    Case("multiply_no_nan", "y = tf.math.multiply_no_nan(tf.math.log(x - 1.0), w - 1.0)", {"x": X23 + 0.75, "w": W23}),
 ]
 
 
@@ -281,6 +313,12 @@ def test_what_tensorflow_cannot_do_on_this_device_is_its_own_error() -> None:
     program = "y = tf.nn.conv2d(tf.transpose(x, [0, 3, 1, 2]), w, [1, 2], 'SAME', data_format='NCHW')"
     inputs = {"x": IMAGE, "w": FILTERS}
     compute = [ComputeRequest("gradient", "y", ("x", "w"))]
+
+    inputs64 = {n: TapeInput(v) for n, v in inputs.items()}
+
+    def gradient_in_float64(text: str) -> TapeRun:
+        return run_tape(inputs64, text, compute=compute, watch=["x", "w"], float_dtype="float64")
+
     tensors32 = {name: tf.constant(v, tf.float32) for name, v in inputs.items()}
     with tf.GradientTape() as tape:
         tape.watch(list(tensors32.values()))
@@ -296,26 +334,14 @@ def test_what_tensorflow_cannot_do_on_this_device_is_its_own_error() -> None:
             tf.ones([1, 3, 4, 4], tf.float64), tf.ones([2, 2, 3, 1], tf.float64), 1, "SAME", data_format="NCHW"
         )
     with pytest.raises(ProgramError) as error:
-        run_tape(
-            {n: TapeInput(v) for n, v in inputs.items()},
-            program,
-            compute=compute,
-            watch=["x", "w"],
-            float_dtype="float64",
-        )
+        gradient_in_float64(program)
     assert raised.value.message.split("}} ")[-1].split(" [Op:")[0] in error.value.message
     assert error.value.message.startswith("line 1, column 5: conv2d(): UnimplementedError:")
     dilated = "y = tf.nn.conv2d(x, w, 1, 'SAME', dilations=[2, 1])"
     with pytest.raises(TapeSemanticsError, match="dilation rates larger than 1") as semantics:
-        run_tape(
-            {n: TapeInput(v) for n, v in inputs.items()},
-            dilated,
-            compute=compute,
-            watch=["x", "w"],
-            float_dtype="float64",
-        )
+        gradient_in_float64(dilated)
     assert semantics.value.loc == ("compute", 0)
-    forward = run_tape({n: TapeInput(v) for n, v in inputs.items()}, dilated, compute=[], float_dtype="float64")
+    forward = run_tape(inputs64, dilated, compute=[], float_dtype="float64")
     reference = tf.nn.conv2d(tf.constant(IMAGE), tf.constant(FILTERS), 1, "SAME", dilations=[2, 1])
     np.testing.assert_array_equal(forward.values["y"], reference.numpy())
 

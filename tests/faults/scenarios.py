@@ -38,6 +38,8 @@ from tests.faults.traffic import (
     retried_request_ids,
 )
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Lengths:
@@ -59,38 +61,32 @@ class Lengths:
     """How long a half-written version lies in the repository (several of the replicas' polls)."""
 
 
-SHORT = Lengths(
-    crash_connections=8,
-    crash_seconds=8,
-    kill_at=2,
-    restart_at=4,
-    drain_connections=8,
-    quiet_s=2,
-    burst_connections=320,
-    burst_s=4,
-    normal_connections=8,
-    loris_connections=200,
-    loris_s=5,
-    probe_connections=4,
-    model_connections=64,
-    settle_s=1.5,
-)
-FULL = Lengths(
-    crash_connections=64,
-    crash_seconds=20,
-    kill_at=5,
-    restart_at=12,
-    drain_connections=64,
-    quiet_s=5,
-    burst_connections=640,
-    burst_s=10,
-    normal_connections=8,
-    loris_connections=200,
-    loris_s=10,
-    probe_connections=4,
-    model_connections=64,
-    settle_s=3.0,
-)
+def _lengths(*, full: bool) -> Lengths:
+    """Each length once, its short value (`make test`) beside its full one (`make bench`)."""
+
+    def pick(short: T, long: T) -> T:
+        return long if full else short
+
+    return Lengths(
+        crash_connections=pick(8, 64),
+        crash_seconds=pick(8, 20),
+        kill_at=pick(2, 5),
+        restart_at=pick(4, 12),
+        drain_connections=pick(8, 64),
+        quiet_s=pick(2, 5),
+        burst_connections=pick(320, 640),
+        burst_s=pick(4, 10),
+        normal_connections=8,
+        loris_connections=200,
+        loris_s=pick(5, 10),
+        probe_connections=4,
+        model_connections=64,
+        settle_s=pick(1.5, 3.0),
+    )
+
+
+SHORT = _lengths(full=False)
+FULL = _lengths(full=True)
 """Capacity here is the 64 connections at which one replica's throughput stops growing (see Performance):
 the burst is ten times that."""
 
@@ -116,9 +112,6 @@ class Result:
 
     def overall(self) -> PhaseStats:
         return phase_stats(self.outcomes, Phase("all", 0, float("inf")), self.retried)
-
-
-T = TypeVar("T")
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
