@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from schemas.networks import SEED_FEATURES, SEED_WEIGHTS, Layer
+from schemas.activations import Theme
+from schemas.networks import MAX_LAYERS, SEED_FEATURES, SEED_WEIGHTS, Layer
 from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
-from service.vocabulary import FloatDType, IntegrationName, MethodName
+from service.vocabulary import BiasName, FloatDType, IntegrationName, MethodName
 
 NumberOrName = Annotated[float, Field(title="Number")] | Annotated[str, Field(title="NonFinite")]
 """A number, or a non-finite one as its JSON string; members titled for client generators."""
@@ -81,7 +82,7 @@ class ExplainFields(BaseModel):
         description="|∂F/∂x| (Simonyan et al.) or the signed gradient. Default true for saliency, false otherwise; "
         "only saliency and smoothgrad take it (the other methods' attributions are signed).",
     )
-    theme: Literal["dark", "light"] = Field(
+    theme: Theme = Field(
         default="dark",
         description="Colours of the `Accept: image/png` answer: dark (the seed's style, as the activation plot) "
         "or light.",
@@ -97,8 +98,10 @@ class NetworkExplanationRequest(ExplainFields):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_EXPLANATION_REQUEST]})
 
     features: TensorIn = Field(description="Shape (n,) for one instance or (instances, n).")
-    layers: list[Layer] = Field(min_length=1, max_length=64, description="Layers 1..L, as in /v1/networks/gradients.")
-    bias: Literal["augmented", "none"] = Field(
+    layers: list[Layer] = Field(
+        min_length=1, max_length=MAX_LAYERS, description="Layers 1..L, as in /v1/networks/gradients."
+    )
+    bias: BiasName = Field(
         default="augmented", description="augmented: each layer input gets a constant 1 appended (x_B = [x; 1])."
     )
     dtype: FloatDType = Field(default="float32", description="Compute precision.")

@@ -41,6 +41,14 @@ NamedBaselines = Annotated[dict[str, TensorIn], Field(title="NamedBaselines")]
 NamedStddevs = Annotated[dict[str, TensorIn], Field(title="NamedStddevs")]
 ClassIndex = Annotated[int, Field(strict=True)]
 """A JSON integer: a boolean, a fraction or a string is not a class (API.md §1)."""
+ClassChoice = (
+    Annotated[ClassIndex, Field(title="OneClass")] | Annotated[list[ClassIndex], Field(title="ClassPerInstance")]
+)
+"""One class k for every instance, or one per instance."""
+OutputName = Annotated[str | None, Field(max_length=256, description="The output; required with several.")]
+"""Which of the signature's outputs a verb works on."""
+ResponseTensors = Annotated[EncodingName, Field(description="Response tensors: nested or b64.")]
+"""How the verbs write the tensors of their answers."""
 
 
 class NamedValues(RootModel[dict[str, Any]]):
@@ -246,19 +254,17 @@ class GradientsRequest(PredictRequest):
         json_schema_extra={"examples": [{"instances": [[76.0, 120.0, 37.5]], "class_index": 1}]},
     )
 
-    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
-    class_index: (
-        Annotated[ClassIndex, Field(title="OneClass")]
-        | Annotated[list[ClassIndex], Field(title="ClassPerInstance")]
-        | None
-    ) = Field(default=None, description="The target is output[..., k]: one k, or one per instance.")
+    output: OutputName = None
+    class_index: ClassChoice | None = Field(
+        default=None, description="The target is output[..., k]: one k, or one per instance."
+    )
     output_gradients: TensorIn | None = Field(default=None, description="A cotangent shaped like the output.")
     loss: ModelLoss | None = Field(default=None, description="A loss on the output.")
     sources: list[str] = Field(
         default=["inputs"], min_length=1, max_length=1024, description='"inputs", input names, and/or "variables".'
     )
     unconnected: Literal["none", "zero"] = Field(default="none", description="Unconnected gradients: null or zeros.")
-    response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
+    response_encoding: ResponseTensors = "nested"
 
     @model_validator(mode="after")
     def _one_target(self) -> GradientsRequest:
@@ -294,14 +300,12 @@ class JacobianRequest(PredictRequest):
         json_schema_extra={"examples": [{"instances": [[76.0, 120.0, 37.5]]}]},
     )
 
-    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    output: OutputName = None
     input: str | None = Field(default=None, max_length=256, description="The input; required with several.")
-    class_index: (
-        Annotated[ClassIndex, Field(title="OneClass")]
-        | Annotated[list[ClassIndex], Field(title="ClassPerInstance")]
-        | None
-    ) = Field(default=None, description="Only row k of each Jacobian: (batch, *input_shape).")
-    response_encoding: EncodingName = Field(default="nested", description="Response tensors: nested or b64.")
+    class_index: ClassChoice | None = Field(
+        default=None, description="Only row k of each Jacobian: (batch, *input_shape)."
+    )
+    response_encoding: ResponseTensors = "nested"
 
 
 class JacobianResponse(BaseModel):
@@ -331,7 +335,7 @@ class ExplainRequest(PredictRequest, ExplainFields):
         },
     )
 
-    output: str | None = Field(default=None, max_length=256, description="The output; required with several.")
+    output: OutputName = None
     baseline: TensorIn | NamedBaselines | None = Field(
         default=None,
         description="Integrated gradients' starting point b: a Tensor of one instance's shape (for every "

@@ -205,13 +205,16 @@ def _layer_shapes(layers: list[Layer]) -> list[tuple[int, int, int]]:
     return shapes
 
 
+LayerNumber = Annotated[int, Field(description="Layer number, 1-based.")]
+
+
 class LayerGradient(BaseModel):
-    layer: int = Field(description="Layer number, 1-based.")
+    layer: LayerNumber
     weights: TensorOut = Field(description="dL/dWᵢ, same shape as Wᵢ.")
 
 
 class Intermediate(BaseModel):
-    layer: int = Field(description="Layer number, 1-based.")
+    layer: LayerNumber
     inputs: TensorOut = Field(description="The layer's input x_B = [x; 1] (x with bias none).")
     z: TensorOut = Field(description="zᵢ = Wᵢ x_B.")
     a: TensorOut = Field(description="aᵢ = activation(zᵢ).")
