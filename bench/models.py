@@ -13,6 +13,8 @@ in alternating rounds (reference first, then tapeserve, then again), medians of:
 - start-up to `/readyz` 200, and the first request of each verb against its tenth, each after 50 ms of quiet.
 
 The table is printed and written to bench/results/models.md. Run it with no other benchmark beside it.
+`--only PART` (repeatable) measures some of the parts (floor, keras, bulk, memory, start-up) and only prints
+their rows.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ VERB_BODIES: dict[str, dict[str, Any]] = {
     "jacobian": {"instances": PATIENT},
 }
 Row = tuple[str, str, str, str, str]
+PARTS = ("floor", "keras", "bulk", "memory", "start-up")
+"""The parts of the table, in its order; `--only` picks some."""
 
 
 def write(path: Path, document: Any) -> Path:
@@ -321,7 +325,8 @@ def report(rows: Sequence[Row], args: argparse.Namespace) -> str:
     header = (
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores (shared), "
         f"Python {platform.python_version()}; `python -m bench.models --rounds {args.rounds} --seconds "
-        f"{args.seconds:g} --memory-requests {args.memory_requests} --reloads {args.reloads}`: alternating "
+        f"{args.seconds:g} --memory-requests {args.memory_requests} --reloads {args.reloads}"
+        f"{''.join(f' --only {part}' for part in args.only or ())}`: alternating "
         "rounds, medians."
     )
     table = ["| measure | reference | tapeserve | ratio | target |", "|---|---|---|---|---|"]
@@ -335,16 +340,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--reloads", type=int, default=20)
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="measure only this part (repeatable); the table is then printed, not written",
+    )
     args = parser.parse_args(argv)
-    wrk = ensure_wrk()
+    parts = set(args.only or PARTS)
+    wrk = ensure_wrk() if parts & {"floor", "keras", "memory"} else ""  # bulk and start-up post on a bare socket
     work = Path(tempfile.mkdtemp(prefix="tapeserve-bench-models-"))
-    with serve("tapeserve", tapeserve_command(), {}, work) as tapeserve:
-        rows = floor(wrk, tapeserve, work, args)
-        rows += against_keras(wrk, tapeserve, work, args)
-        rows += bulk(tapeserve)
-    rows += memory(wrk, work, args)
-    rows += start_up(work)
-    publish(report(rows, args), "models.md")
+    rows: list[Row] = []
+    if parts & {"floor", "keras", "bulk"}:
+        with serve("tapeserve", tapeserve_command(), {}, work) as tapeserve:
+            rows += floor(wrk, tapeserve, work, args) if "floor" in parts else []
+            rows += against_keras(wrk, tapeserve, work, args) if "keras" in parts else []
+            rows += bulk(tapeserve) if "bulk" in parts else []
+    rows += memory(wrk, work, args) if "memory" in parts else []
+    rows += start_up(work) if "start-up" in parts else []
+    if args.only:
+        print(report(rows, args))  # a part alone is not the table the README quotes
+    else:
+        publish(report(rows, args), "models.md")
     return 0
 
 
