@@ -17,6 +17,8 @@ from service.vocabulary import EncodingName, LossName, ReductionName
 SEED_INSTANCE = [76.0, 120.0, 37.5]
 """The seed's patient: heart rate 76 BPM, systolic blood pressure 120 mm Hg, temperature 37.5 °C."""
 DEFAULT_SIGNATURE = "serving_default"
+MAX_INSTANCES = 1_048_576
+"""The most instances one row-format request holds."""
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 State = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
 
@@ -189,7 +191,7 @@ class PredictRequest(BaseModel):
     )
     instances: list[Instance] | None = Field(
         default=None,
-        max_length=1_048_576,
+        max_length=MAX_INSTANCES,
         description="Row format: one entry per instance — the value of the only input, or an object of input "
         "name → value. Values are JSON numbers and nested arrays, as TF Serving takes them.",
     )

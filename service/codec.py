@@ -301,15 +301,18 @@ def render(document: Any) -> bytes:
 class ArrayField:
     """A top-level body field that `parse` may read straight into numpy: a rectangular array of numbers of
     one of `ranks` and numpy `kinds` ("i" int64 for whole numbers only, "if" float64 too). `tensor` says
-    whether the model declares it a tensor (its stand-in is then a shape-only tensor object) or a list of
-    integers (an empty list stands in); see `set_aside`."""
+    whether the model declares it a tensor (its stand-in is then a shape-only tensor object) or a list
+    (an empty list stands in); see `set_aside`. `max_rows` is the most entries the model takes in such a
+    list: an array with more is left to the plain parse, so that the model's own error answers it."""
 
     kinds: str
     ranks: tuple[int, ...] = (1, 2)
     tensor: bool = True
+    max_rows: int | None = None
 
     def takes(self, array: np.ndarray) -> bool:
-        return array.dtype.kind in self.kinds and array.ndim in self.ranks
+        fits = self.max_rows is None or array.shape[0] <= self.max_rows
+        return fits and array.dtype.kind in self.kinds and array.ndim in self.ranks
 
 
 def set_aside(document: Any, arrays: Mapping[str, ArrayField]) -> dict[str, np.ndarray]:

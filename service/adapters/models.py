@@ -3,11 +3,13 @@ repository states -> TF Serving's answers (API.md §9)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from schemas.models import ExplainRequest, GradientsRequest, JacobianRequest, PredictRequest
+from schemas.models import MAX_INSTANCES, ExplainRequest, GradientsRequest, JacobianRequest, PredictRequest
 from service import codec
 from service.adapters.errors import located
 from service.adapters.explain import encode_attributions, explain_options
@@ -27,6 +29,15 @@ _TF_DTYPES = {
     "complex64": "DT_COMPLEX64",
     "complex128": "DT_COMPLEX128",
 }
+ARRAYS: Mapping[str, codec.ArrayField] = {
+    "instances": codec.ArrayField("if", tensor=False, max_rows=MAX_INSTANCES),
+    "inputs": codec.ArrayField("if"),
+}
+"""The fields of a large model body read straight into numpy (see `codec.parse`): row-format instances that
+are the values of a single input, and the columnar value of a single input, sent as nested arrays."""
+Decoded = Mapping[str, np.ndarray]
+"""The `ARRAYS` fields the parser read straight into numpy, by name (their place in the body holds a stand-in)."""
+NOTHING_DECODED: Decoded = MappingProxyType({})
 
 
 def parse_version(raw: str) -> int:
@@ -164,17 +175,18 @@ def _relocated(error: ValidationFailed, name: str) -> ValidationFailed:
     return type(error)(f"{format_loc(errors[0]['loc'])}: {errors[0]['msg']}", errors=errors)
 
 
-def _rows(signature: SignatureInfo, instances: list[Any], max_elements: int) -> dict[str, np.ndarray]:
-    """Row format: one value per instance (a single input), or one object of named values per instance."""
+def _rows(signature: SignatureInfo, instances: list[Any] | np.ndarray, max_elements: int) -> dict[str, np.ndarray]:
+    """Row format: one value per instance (a single input), or one object of named values per instance; an
+    array the parser read holds values, no objects."""
     loc: Loc = ("body", "instances")
-    if not instances:
+    if not len(instances):
         raise ValidationFailed.at(loc, "instances must hold at least one instance")
     names = list(signature.inputs)
-    named = [isinstance(instance, dict) for instance in instances]
+    named = [] if isinstance(instances, np.ndarray) else [isinstance(instance, dict) for instance in instances]
     if any(named) and not all(named):
         index = named.index(not named[0])
         raise ValidationFailed.at((*loc, index), "instances must all be objects of named inputs, or all values")
-    if not named[0]:
+    if not any(named):
         if len(names) != 1:
             raise ValidationFailed.at(
                 (*loc, 0), f"the signature has inputs {', '.join(map(repr, names))}: each instance names them"
@@ -227,28 +239,33 @@ def _columns(signature: SignatureInfo, inputs: Any, max_elements: int) -> dict[s
     return arrays
 
 
-def _inputs(body: PredictRequest, signature: SignatureInfo, max_elements: int) -> tuple[dict[str, np.ndarray], Loc]:
+def _inputs(
+    body: PredictRequest, signature: SignatureInfo, max_elements: int, decoded: Decoded
+) -> tuple[dict[str, np.ndarray], Loc]:
     if body.instances is not None:
-        return _rows(signature, body.instances, max_elements), ("body", "instances")
-    return _columns(signature, body.inputs, max_elements), ("body", "inputs")
+        return _rows(signature, decoded.get("instances", body.instances), max_elements), ("body", "instances")
+    return _columns(signature, decoded.get("inputs", body.inputs), max_elements), ("body", "inputs")
 
 
-def decode_predict(body: PredictRequest, lease: Lease, max_elements: int) -> PredictJob:
-    """The engine's job for a predict body, every input checked against the signature (422 naming it)."""
+def decode_predict(
+    body: PredictRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
+) -> PredictJob:
+    """The engine's job for a predict body, every input checked against the signature (422 naming it);
+    `decoded` holds the `ARRAYS` fields the parser read straight into numpy (so do the other verbs')."""
     signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements)
+    inputs, loc = _inputs(body, signature, max_elements, decoded)
     batch = mergeable(lease.served, signature, inputs)
     return PredictJob(served=lease.served, signature=signature.name, inputs=inputs, batch=batch, loc=tuple(loc))
 
 
-def encode_predict(body: PredictRequest, outputs: Outputs) -> dict[str, Any]:
+def encode_predict(body: PredictRequest, outputs: Outputs, decoded: Decoded = NOTHING_DECODED) -> dict[str, Any]:
     """TF Serving's answer: `predictions` (per instance) for row requests, `outputs` for columnar ones."""
     names = sorted(outputs)
     if body.inputs is not None:
         if len(names) == 1:
             return {"outputs": codec.plain_values(outputs[names[0]])}
         return {"outputs": {name: codec.plain_values(outputs[name]) for name in names}}
-    count = len(body.instances or [])
+    count = len(decoded.get("instances", body.instances or []))
     for name in names:
         value = outputs[name]
         if value.ndim == 0 or value.shape[0] != count:
@@ -354,10 +371,12 @@ def _extra(body: GradientsRequest, output: TensorInfo, batch: int, max_elements:
     return "loss", np.eye(depth, dtype=output.dtype)[classes], body.loss
 
 
-def decode_gradients(body: GradientsRequest, lease: Lease, max_elements: int) -> GradientsJob:
+def decode_gradients(
+    body: GradientsRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
+) -> GradientsJob:
     """The engine's job for a `:gradients` body, checked against the signature (422 naming the field)."""
     signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements)
+    inputs, loc = _inputs(body, signature, max_elements, decoded)
     output = _output(body, signature)
     _differentiable(output, ("body", "output"), "output")
     sources, variables = _sources(body, signature)
@@ -411,10 +430,12 @@ def _input(body: JacobianRequest, signature: SignatureInfo) -> str:
     return body.input
 
 
-def decode_jacobian(body: JacobianRequest, lease: Lease, max_elements: int) -> JacobianJob:
+def decode_jacobian(
+    body: JacobianRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
+) -> JacobianJob:
     """The engine's job for a `:jacobian` body, checked against the signature (422 naming the field)."""
     signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements)
+    inputs, loc = _inputs(body, signature, max_elements, decoded)
     output = _output(body, signature)
     _differentiable(output, ("body", "output"), "output")
     source = _input(body, signature)
@@ -477,10 +498,12 @@ def _feature_names(body: ExplainRequest, inputs: dict[str, np.ndarray]) -> list[
     return labels if body.feature_names is None else list(body.feature_names)
 
 
-def decode_explain(body: ExplainRequest, lease: Lease, max_elements: int) -> tuple[ExplainJob, list[str]]:
+def decode_explain(
+    body: ExplainRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
+) -> tuple[ExplainJob, list[str]]:
     """The engine's job for an `:explain` body (and the bar labels), checked against the signature and §10."""
     signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements)
+    inputs, loc = _inputs(body, signature, max_elements, decoded)
     output = _output(body, signature)
     _differentiable(output, ("body", "output"), "output")
     if output.shape is not None and (not output.batched or len(output.shape) > 2):

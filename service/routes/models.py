@@ -35,7 +35,15 @@ from service.adapters.plots import etag
 from service.deps import ModelsDep, WorkerDep
 from service.engines import Call
 from service.errors import InternalError, ValidationFailed, as_service_error
-from service.http import DirectRoute, Endpoint, JSONBody, JSONBytesResponse, StrictJSONRoute, json_response
+from service.http import (
+    DirectRoute,
+    Endpoint,
+    JSONBody,
+    JSONBytesResponse,
+    ParsedBody,
+    StrictJSONRoute,
+    json_response,
+)
 from service.models import Lease, ModelRepository
 from service.routes.explanations import RESPONSES as EXPLANATION_RESPONSES
 from service.routes.explanations import wants_png
@@ -180,31 +188,43 @@ EXPLAIN_DESCRIPTION = (
     "(prediction, baseline_prediction, convergence_delta) always reported. Every instance × step is one "
     "compiled call; concurrent requests are merged. With `Accept: image/png`, a bar chart per instance."
 )
-Answer = Callable[[Any, Lease, Worker, Settings, Request], Awaitable[Response]]
+Answer = Callable[[ParsedBody[Any], Lease, Worker, Settings, Request], Awaitable[Response]]
+"""A verb's answer: the body (its large arrays read straight into numpy, see `adapt.ARRAYS`), the version."""
 
 
-async def _predict(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
-    job = adapt.decode_predict(body, lease, settings.max_elements)
+async def _predict(
+    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
+) -> Response:
+    body = parsed.model
+    job = adapt.decode_predict(body, lease, settings.max_elements, parsed.arrays)
     outputs = await worker.run("models", job)
-    return json_response(adapt.encode_predict(body, outputs))
+    return json_response(adapt.encode_predict(body, outputs, parsed.arrays))
 
 
-async def _gradients(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
-    job = adapt.decode_gradients(body, lease, settings.max_elements)
+async def _gradients(
+    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
+) -> Response:
+    body = parsed.model
+    job = adapt.decode_gradients(body, lease, settings.max_elements, parsed.arrays)
     result = await worker.run("models", job)
     return json_response(adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding))
 
 
-async def _jacobian(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
-    job = adapt.decode_jacobian(body, lease, settings.max_elements)
+async def _jacobian(
+    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
+) -> Response:
+    body = parsed.model
+    job = adapt.decode_jacobian(body, lease, settings.max_elements, parsed.arrays)
     result = await worker.run("models", job)
     return json_response(adapt.encode_jacobian(lease, job, result, worker.pinned_device, body.response_encoding))
 
 
-async def _explain(body: Any, lease: Lease, worker: Worker, settings: Settings, request: Request) -> Response:
-    png = wants_png(request.headers.get("accept", ""))
+async def _explain(
+    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
+) -> Response:
+    body, png = parsed.model, wants_png(request.headers.get("accept", ""))
     deadline = worker.deadline()
-    job, labels = adapt.decode_explain(body, lease, settings.max_elements)
+    job, labels = adapt.decode_explain(body, lease, settings.max_elements, parsed.arrays)
     if png and job.attribution.instances > MAX_PANELS:
         raise ValidationFailed.at(
             job.loc,
@@ -236,7 +256,7 @@ class Verb:
 VERBS = (
     Verb(
         "predict",
-        JSONBody(PredictRequest, undeclared_is_json=True),
+        JSONBody(PredictRequest, arrays=adapt.ARRAYS, undeclared_is_json=True),
         PredictResponse,
         _predict,
         ("Predict with a model's highest available version", "Predict with one version"),
@@ -245,7 +265,7 @@ VERBS = (
     ),
     Verb(
         "gradients",
-        JSONBody(GradientsRequest, undeclared_is_json=True),
+        JSONBody(GradientsRequest, arrays=adapt.ARRAYS, undeclared_is_json=True),
         GradientsResponse,
         _gradients,
         ("Gradients of a model's highest available version", "Gradients of one version"),
@@ -253,7 +273,7 @@ VERBS = (
     ),
     Verb(
         "jacobian",
-        JSONBody(JacobianRequest, undeclared_is_json=True),
+        JSONBody(JacobianRequest, arrays=adapt.ARRAYS, undeclared_is_json=True),
         JacobianResponse,
         _jacobian,
         ("Per-instance Jacobians of a model's highest available version", "Per-instance Jacobians of one version"),
@@ -261,7 +281,7 @@ VERBS = (
     ),
     Verb(
         "explain",
-        JSONBody(ExplainRequest, undeclared_is_json=True),
+        JSONBody(ExplainRequest, arrays=adapt.ARRAYS, undeclared_is_json=True),
         ModelExplanationResponse,
         _explain,
         ("Attributions of a model's highest available version", "Attributions of one version"),
@@ -275,7 +295,7 @@ VERBS = (
 async def _serve(  # noqa: PLR0917  (the endpoints pass FastAPI's arguments on)
     verb: Verb, request: Request, name: str, version: str | None, models: ModelRepository, worker: Worker
 ) -> Response:
-    body = (await verb.body.read(request)).model  # a body that is not JSON is a 400 whatever the path says
+    body = await verb.body.read(request)  # a body that is not JSON is a 400 whatever the path says
     number = None if version is None else adapt.parse_version(version)
     with models.lease(name, number) as lease:
         # the settings are the worker's (the app's one object): a dependency of its own costs every request
