@@ -114,13 +114,14 @@ def ensure_wrk() -> str:
 
 
 @contextmanager
-def serve(name: str, command: Sequence[str], env: dict[str, str], log_dir: Path) -> Iterator[Server]:
+def serve(name: str, command: Sequence[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> Iterator[Server]:
+    """A server started from `cwd` (a source tree: `python -m` imports the tree's own packages), until /readyz."""
     port = free_port()
     env = {**os.environ, **env, "TAPESERVE_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [part.replace("{port}", str(port)) for part in command]
     with (log_dir / f"{name}.log").open("wb") as log:
         started = time.monotonic()
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=cwd)
         base = f"http://127.0.0.1:{port}"
         try:
             try:

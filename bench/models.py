@@ -53,6 +53,9 @@ from schemas.networks import SEED_FEATURES
 
 MODEL = "/v1/models/diabetes"
 PATIENT = [SEED_FEATURES]
+EXAMPLE_MODEL = ROOT / "models" / "diabetes" / "1" / "model.keras"
+INLINE = {"BENCH_HANDOFF_INLINE": "1"}
+JSON = {"content-type": "application/json"}
 BULK = 65_536
 POLL_S = 0.2
 """The temporary repository's poll interval (TAPESERVE_MODEL_POLL_S) for the reloads."""
@@ -106,8 +109,18 @@ def floor(wrk: str, tapeserve: Server, work: Path, args: argparse.Namespace) -> 
     answer.raise_for_status()
     (work / "response-PREDICT.json").write_bytes(answer.content)
     env = {"BENCH_RESPONSE_PREDICT": str(work / "response-PREDICT.json")}
-    with serve("reference", command_for("bench.reference_app:app"), env, work) as reference:
-        figures = alternate(wrk, [reference, tapeserve], body, f"POST {MODEL}:predict", connections=64, args=args)
+    handoff = command_for("bench.handoff_app:app")
+    with (
+        serve("reference", command_for("bench.reference_app:app"), env, work) as reference,
+        serve("handoff", handoff, env, work) as hand_off,
+        serve("handoff-tf", handoff, env | {"BENCH_HANDOFF_MODEL": str(EXAMPLE_MODEL)}, work) as hand_off_tf,
+        serve("inline-tf", handoff, env | {"BENCH_HANDOFF_MODEL": str(EXAMPLE_MODEL), **INLINE}, work) as inline,
+    ):
+        servers = [reference, hand_off, hand_off_tf, inline, tapeserve]
+        for computing in (hand_off_tf, inline):  # the bounds compute the same answer, not something cheaper
+            bound = httpx.post(computing.base + MODEL + ":predict", content=body.read_bytes(), headers=JSON).json()
+            np.testing.assert_allclose(bound["predictions"], answer.json()["predictions"], rtol=1e-6)
+        figures = alternate(wrk, servers, body, f"POST {MODEL}:predict", connections=64, args=args)
     rps_ref, rps_svc = column(figures, "reference", 0), column(figures, "tapeserve", 0)
     cpu_ref, cpu_svc = column(figures, "reference", 2), column(figures, "tapeserve", 2)
     return [
@@ -125,7 +138,30 @@ def floor(wrk: str, tapeserve: Server, work: Path, args: argparse.Namespace) -> 
             f"{cpu_svc / cpu_ref:.2f}x",
             "(explains the throughput ratio)",
         ),
+        *bounds(figures, rps_ref),
     ]
+
+
+def bounds(figures: dict[str, list[tuple[float, float, float, int]]], rps_ref: float) -> list[Row]:
+    """The floor plus the worker hand-off tapeserve's house makes, alone and with the model's call: how far
+    below the floor a served `:predict` must sit before any of tapeserve's own work (`bench/handoff_app.py`)."""
+    rows: list[Row] = []
+    for name, what in (
+        ("handoff", "+ hand-off to one thread"),
+        ("handoff-tf", "+ hand-off + merged model call"),
+        ("inline-tf", "+ model call in the route, no thread"),
+    ):
+        rps, cpu = column(figures, name, 0), column(figures, name, 2)
+        rows.append(
+            (
+                f"floor {what}, same rounds (req/s; CPU µs)",
+                f"{rps_ref:,.0f}",
+                f"{rps:,.0f}; {cpu:.0f} µs",
+                f"{rps / rps_ref:.2f}x",
+                "bound, no target",
+            )
+        )
+    return rows
 
 
 def against_keras(wrk: str, tapeserve: Server, work: Path, args: argparse.Namespace) -> list[Row]:

@@ -4,7 +4,8 @@
 `model.keras`; `name` matches `[A-Za-z0-9][A-Za-z0-9_.-]*`, `version` is a positive integer. A loader
 thread of its own reads the directory at start and again every `TAPESERVE_MODEL_POLL_S`, and is the only
 place versions are loaded, warmed up and unloaded, so neither the event loop nor the worker waits for a
-load. A version's state follows TF Serving's: START (found), LOADING, AVAILABLE (serves), UNLOADING
+load; it runs at a lower OS priority (`LOADER_NICE`), so a load takes the cores only when they are idle. A
+version's state follows TF Serving's: START (found), LOADING, AVAILABLE (serves), UNLOADING
 (draining: requests already holding it finish, new ones are refused), END (unloaded, or failed with a
 non-OK error code saying why).
 
@@ -26,6 +27,7 @@ import logging
 import os
 import pathlib
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +48,9 @@ MARKERS = ("saved_model.pb", "model.keras")
 MAX_FILES = 10_000
 """Files of one version folder read for its fingerprint at most (the rest are not looked at)."""
 RETRY_AFTER = "1"
+LOADER_NICE = 10
+"""How much lower than the process's the loader thread's OS scheduling priority is (Linux: a thread's nice):
+when the cores are busy, the event loop and the worker run before a load does."""
 DRAIN_MARGIN_S = 5.0
 """How much longer than a request's deadline an unloading version waits for its requests to finish."""
 
@@ -162,6 +167,18 @@ def scan(root: pathlib.Path) -> dict[str, dict[int, OnDisk]]:
     return models
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's OS scheduling priority by `nice` (at most to 19); threads it starts inherit it.
+    Only Linux schedules threads by their own nice value; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except OSError:  # a sandbox may refuse it: the load still runs, at the usual priority
+        logger.warning("cannot lower the model loader's priority", exc_info=True)
+
+
 class ModelRepository:
     """Versions of every model and their states; loads and unloads them in a loader thread of its own."""
 
@@ -213,6 +230,7 @@ class ModelRepository:
         try:
             import tensorflow as tf  # noqa: PLC0415  (TensorFlow only in the worker's threads and this one)
 
+            lower_priority(LOADER_NICE)
             with tf.device(self._pinned_device or None):
                 self.poll(first=True)
                 self._initial.set()

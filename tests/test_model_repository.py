@@ -4,6 +4,7 @@ so what happens between two reads is exact; the last ones let the loader thread 
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from service.errors import ModelNotAvailable, ModelNotFound
-from service.models import ModelRepository, VersionStatus
+from service.models import LOADER_NICE, ModelRepository, VersionStatus
 from service.settings import Settings
 from tests import model_repo
 from tests.conftest import make_client, wait_ready
@@ -205,8 +206,18 @@ def test_the_app_polls_loads_and_unloads_in_its_loader_thread(root: pathlib.Path
         wait_ready(client)
         # ready means the models found at start are loaded
         assert client.get("/v1/models/m").json()["model_version_status"][0]["state"] == "AVAILABLE"
-        threads = {thread.name for thread in threading.enumerate()}
+        threads = {thread.name: thread for thread in threading.enumerate()}
         assert "tapeserve-models" in threads
+        # the loader runs at a lower OS priority than the rest of the process; the worker's lanes do not
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        loader = threads["tapeserve-models"].native_id
+        assert loader is not None and os.getpriority(os.PRIO_PROCESS, loader) == min(19, nice + LOADER_NICE)
+        lanes = [
+            thread.native_id
+            for name, thread in threads.items()
+            if name.startswith("tapeserve-") and name != "tapeserve-models" and thread.native_id is not None
+        ]
+        assert lanes and {os.getpriority(os.PRIO_PROCESS, lane) for lane in lanes} == {nice}
         first = client.post("/v1/models/m:predict", json={"instances": X.tolist()}).json()["predictions"]
         np.testing.assert_allclose(first, _expected(1), rtol=1e-6)
         model_repo.save_keras(model_repo.sequential(2), root, "m", 2)

@@ -28,11 +28,24 @@ binary = partial(OpSpec, params=XY, size=sizes.broadcast("x", "y"), data=("x", "
 """A broadcasting function of `x` and `y`."""
 reduction = partial(OpSpec, params=REDUCE, data=("input_tensor",))
 """A reduction of `input_tensor` over `axis` (all axes by default)."""
+normalisation = partial(OpSpec, params=params("logits", axis=None), data=("logits",))
+"""A function of `logits` normalised along `axis` (the last by default), with logits' size."""
 
 
 def boolean(name: str, fn: Callable[..., Any], operator: str) -> OpSpec:
     """`tf.<name>`, also `tf.math.<name>`: x <operator> y element-wise, broadcasting, as a bool tensor."""
     return binary(fn=fn, tf_names=(f"tf.{name}", f"tf.math.{name}"), summary=f"x {operator} y as a bool tensor.")
+
+
+def arg_reduction(name: str, fn: Callable[..., Any], which: str) -> OpSpec:
+    """`tf.<name>`, also `tf.math.<name>`: the index of the `which` entry along `axis` (0 by default), as int64
+    unless `output_type` says else."""
+    return OpSpec(
+        fn=fn,
+        tf_names=(f"tf.{name}", f"tf.math.{name}"),
+        params=params("input", axis=None, output_type=tf.int64),
+        summary=f"Index of the {which} entry along axis (default 0).",
+    )
 
 
 MATHS: tuple[OpSpec, ...] = (
@@ -85,19 +98,15 @@ MATHS: tuple[OpSpec, ...] = (
         summary="Swish: features · sigmoid(beta · features).",
         aliases=("swish",),
     ),
-    OpSpec(
+    normalisation(
         fn=tf.nn.softmax,
         tf_names=("tf.nn.softmax", "tf.math.softmax"),
-        params=params("logits", axis=None),
         summary="exp(logits) / sum(exp(logits)) along axis (default: last).",
-        data=("logits",),
     ),
-    OpSpec(
+    normalisation(
         fn=tf.nn.log_softmax,
         tf_names=("tf.nn.log_softmax", "tf.math.log_softmax"),
-        params=params("logits", axis=None),
         summary="logits - log(sum(exp(logits))) along axis (default: last).",
-        data=("logits",),
     ),
     # binary maths and comparisons (broadcasting)
     binary(fn=tf.math.add, tf_names=("tf.add", "tf.math.add"), summary="x + y with broadcasting."),
@@ -179,18 +188,8 @@ MATHS: tuple[OpSpec, ...] = (
     reduction(
         fn=tf.math.reduce_euclidean_norm, tf_names=("tf.math.reduce_euclidean_norm",), summary="sqrt(Σ x²) over axis."
     ),
-    OpSpec(
-        fn=tf.math.argmax,
-        tf_names=("tf.argmax", "tf.math.argmax"),
-        params=params("input", axis=None, output_type=tf.int64),
-        summary="Index of the largest entry along axis (default 0).",
-    ),
-    OpSpec(
-        fn=tf.math.argmin,
-        tf_names=("tf.argmin", "tf.math.argmin"),
-        params=params("input", axis=None, output_type=tf.int64),
-        summary="Index of the smallest entry along axis (default 0).",
-    ),
+    arg_reduction("argmax", tf.math.argmax, "largest"),
+    arg_reduction("argmin", tf.math.argmin, "smallest"),
     OpSpec(
         fn=tf.math.cumsum,
         tf_names=("tf.cumsum", "tf.math.cumsum"),

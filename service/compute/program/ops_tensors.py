@@ -4,12 +4,26 @@ Each entry is an `OpSpec` built by keyword; add a function by adding one.
 
 from __future__ import annotations
 
+from functools import partial
+
 import tensorflow as tf
 
 from service.compute.program import sizes
 from service.compute.program.opspec import OpSpec, keyword_only, params
 
 X = params("x")
+
+# The families: OpSpec with the parameters, size rule and data a family shares; rows give the rest by keyword.
+constant_of_shape = partial(
+    OpSpec, params=params("shape", dtype=tf.float32), size=sizes.shaped("shape"), float_dtype_param=True
+)
+"""A tensor of `shape` filled with one value, float32 unless `dtype` says else."""
+constant_like = partial(OpSpec, params=params("input", dtype=None), data=("input",))
+"""A tensor of `input`'s shape (and dtype) filled with one value."""
+same_values = partial(OpSpec, params=params("input"), data=("input",))
+"""`input`'s values unchanged (what differs is the gradient)."""
+measure = partial(OpSpec, params=params("input", out_type=None))
+"""A count read off `input`'s shape, as an int32 tensor unless `out_type` says else."""
 
 TENSORS: tuple[OpSpec, ...] = (
     # linear algebra
@@ -170,36 +184,10 @@ TENSORS: tuple[OpSpec, ...] = (
         size=sizes.constant,
         data=("value",),
     ),
-    OpSpec(
-        fn=tf.ones,
-        tf_names=("tf.ones",),
-        params=params("shape", dtype=tf.float32),
-        summary="A tensor of ones.",
-        size=sizes.shaped("shape"),
-        float_dtype_param=True,
-    ),
-    OpSpec(
-        fn=tf.zeros,
-        tf_names=("tf.zeros",),
-        params=params("shape", dtype=tf.float32),
-        summary="A tensor of zeros.",
-        size=sizes.shaped("shape"),
-        float_dtype_param=True,
-    ),
-    OpSpec(
-        fn=tf.ones_like,
-        tf_names=("tf.ones_like",),
-        params=params("input", dtype=None),
-        summary="Ones with the shape (and dtype) of input.",
-        data=("input",),
-    ),
-    OpSpec(
-        fn=tf.zeros_like,
-        tf_names=("tf.zeros_like",),
-        params=params("input", dtype=None),
-        summary="Zeros with the shape (and dtype) of input.",
-        data=("input",),
-    ),
+    constant_of_shape(fn=tf.ones, tf_names=("tf.ones",), summary="A tensor of ones."),
+    constant_of_shape(fn=tf.zeros, tf_names=("tf.zeros",), summary="A tensor of zeros."),
+    constant_like(fn=tf.ones_like, tf_names=("tf.ones_like",), summary="Ones with the shape (and dtype) of input."),
+    constant_like(fn=tf.zeros_like, tf_names=("tf.zeros_like",), summary="Zeros with the shape (and dtype) of input."),
     OpSpec(
         fn=tf.fill,
         tf_names=("tf.fill",),
@@ -240,27 +228,11 @@ TENSORS: tuple[OpSpec, ...] = (
         summary="Convert to dtype (tf.float32, tf.float64, tf.int32, tf.int64, tf.bool).",
         data=("x",),
     ),
-    OpSpec(
-        fn=tf.identity, tf_names=("tf.identity",), params=params("input"), summary="The same values.", data=("input",)
+    same_values(fn=tf.identity, tf_names=("tf.identity",), summary="The same values."),
+    same_values(
+        fn=tf.stop_gradient, tf_names=("tf.stop_gradient",), summary="The same values, but no gradient flows through."
     ),
-    OpSpec(
-        fn=tf.stop_gradient,
-        tf_names=("tf.stop_gradient",),
-        params=params("input"),
-        summary="The same values, but no gradient flows through.",
-        data=("input",),
-    ),
-    OpSpec(
-        fn=tf.shape,
-        tf_names=("tf.shape",),
-        params=params("input", out_type=None),
-        summary="The shape as an int32 tensor.",
-    ),
-    OpSpec(
-        fn=tf.size,
-        tf_names=("tf.size",),
-        params=params("input", out_type=None),
-        summary="The number of elements as an int32 scalar.",
-    ),
+    measure(fn=tf.shape, tf_names=("tf.shape",), summary="The shape as an int32 tensor."),
+    measure(fn=tf.size, tf_names=("tf.size",), summary="The number of elements as an int32 scalar."),
     OpSpec(fn=tf.rank, tf_names=("tf.rank",), params=params("input"), summary="The number of axes as an int32 scalar."),
 )
