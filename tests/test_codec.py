@@ -346,3 +346,12 @@ def test_a_body_past_the_kept_size_gets_a_parser_of_its_own(monkeypatch: pytest.
     direct, plain = parse_both(body)
     np.testing.assert_array_equal(direct["features"], plain["features"])
     assert codec._parsers.parser is kept  # the huge body's buffers went with its own parser
+
+
+def test_a_list_field_past_its_most_rows_takes_the_plain_parse() -> None:
+    body = orjson.dumps(large())
+    for most, direct in ((ROWS, True), (ROWS - 1, False)):
+        arrays = {**ARRAYS, "features": codec.ArrayField("if", tensor=False, max_rows=most)}
+        parsed = codec.parse(body, arrays)
+        assert isinstance(parsed["features"], np.ndarray) is direct
+        np.testing.assert_array_equal(np.asarray(parsed["features"]), np.asarray(large()["features"]))
