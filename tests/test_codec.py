@@ -355,3 +355,8 @@ def test_a_list_field_past_its_most_rows_takes_the_plain_parse() -> None:
         parsed = codec.parse(body, arrays)
         assert isinstance(parsed["features"], np.ndarray) is direct
         np.testing.assert_array_equal(np.asarray(parsed["features"]), np.asarray(large()["features"]))
+
+
+def test_a_large_body_carrying_base64_is_read_by_the_plain_parse_alone() -> None:
+    direct, plain = parse_both(orjson.dumps(large(note="b64")))
+    assert isinstance(direct["features"], list) and direct == plain
