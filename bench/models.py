@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -209,8 +210,24 @@ def bulk_bodies() -> dict[str, bytes]:
     return {"nested": json.dumps(nested).encode(), "b64": json.dumps(b64).encode()}
 
 
+def bulk_bound() -> Row:
+    """`bench.bulk_bound`'s least cost of a nested bulk request (read, tape, render; no HTTP), as a row."""
+    command = [sys.executable, "-m", "bench.bulk_bound"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, check=True, timeout=600)
+    parts = json.loads(done.stdout)
+    steps = ", ".join(f"{name} {parts[name]:.1f}" for name in ("read", "tape", "render"))
+    return (
+        f"bound: nested bulk read + tape + render alone, no HTTP (instances/s); ms: {steps}",
+        "",
+        f"{BULK / parts['total'] * 1e3 / 1e6:.2f} M",
+        f"{parts['total']:.0f} ms/request",
+        "",
+    )
+
+
 def bulk(tapeserve: Server) -> list[Row]:
-    rows: list[Row] = []
+    rows: list[Row] = [bulk_bound()]
     for encoding, body in bulk_bodies().items():
         seconds = median(raw_posts(tapeserve, body, 7, path=MODEL + ":gradients")[2:])
         rows.append(
