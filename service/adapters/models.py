@@ -371,14 +371,23 @@ def _extra(body: GradientsRequest, output: TensorInfo, batch: int, max_elements:
     return "loss", np.eye(depth, dtype=output.dtype)[classes], body.loss
 
 
-def decode_gradients(
-    body: GradientsRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
-) -> GradientsJob:
-    """The engine's job for a `:gradients` body, checked against the signature (422 naming the field)."""
+def _differentiated(
+    body: GradientsRequest | JacobianRequest | ExplainRequest, lease: Lease, max_elements: int, decoded: Decoded
+) -> tuple[SignatureInfo, dict[str, np.ndarray], Loc, TensorInfo]:
+    """What every differentiating verb reads first: the signature, its inputs, where they stand in the body,
+    and the output, which must be a float (422 naming the field otherwise)."""
     signature = _signature(body, lease)
     inputs, loc = _inputs(body, signature, max_elements, decoded)
     output = _output(body, signature)
     _differentiable(output, ("body", "output"), "output")
+    return signature, inputs, loc, output
+
+
+def decode_gradients(
+    body: GradientsRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
+) -> GradientsJob:
+    """The engine's job for a `:gradients` body, checked against the signature (422 naming the field)."""
+    signature, inputs, loc, output = _differentiated(body, lease, max_elements, decoded)
     sources, variables = _sources(body, signature)
     batch = next(iter(inputs.values())).shape[0] if inputs and next(iter(inputs.values())).ndim else 1
     kind, extra, loss = _extra(body, output, batch, max_elements)
@@ -434,10 +443,7 @@ def decode_jacobian(
     body: JacobianRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
 ) -> JacobianJob:
     """The engine's job for a `:jacobian` body, checked against the signature (422 naming the field)."""
-    signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements, decoded)
-    output = _output(body, signature)
-    _differentiable(output, ("body", "output"), "output")
+    signature, inputs, loc, output = _differentiated(body, lease, max_elements, decoded)
     source = _input(body, signature)
     _differentiable(signature.inputs[source], ("body", "input"), "input")
     batch = inputs[source].shape[0] if inputs[source].ndim else 1
@@ -502,10 +508,7 @@ def decode_explain(
     body: ExplainRequest, lease: Lease, max_elements: int, decoded: Decoded = NOTHING_DECODED
 ) -> tuple[ExplainJob, list[str]]:
     """The engine's job for an `:explain` body (and the bar labels), checked against the signature and §10."""
-    signature = _signature(body, lease)
-    inputs, loc = _inputs(body, signature, max_elements, decoded)
-    output = _output(body, signature)
-    _differentiable(output, ("body", "output"), "output")
+    signature, inputs, loc, output = _differentiated(body, lease, max_elements, decoded)
     if output.shape is not None and (not output.batched or len(output.shape) > 2):
         raise ValidationFailed.at(
             ("body", "output"), f"output {output.name!r} must be (batch,) or (batch, classes) to be explained"
