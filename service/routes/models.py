@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.routing import APIRoute
@@ -47,7 +47,6 @@ from service.http import (
 from service.models import Lease, ModelRepository
 from service.routes.explanations import RESPONSES as EXPLANATION_RESPONSES
 from service.routes.explanations import wants_png
-from service.settings import Settings
 from service.worker import Worker
 
 P = ParamSpec("P")
@@ -188,43 +187,56 @@ EXPLAIN_DESCRIPTION = (
     "(prediction, baseline_prediction, convergence_delta) always reported. Every instance × step is one "
     "compiled call; concurrent requests are merged. With `Accept: image/png`, a bar chart per instance."
 )
-Answer = Callable[[ParsedBody[Any], Lease, Worker, Settings, Request], Awaitable[Response]]
-"""A verb's answer: the body (its large arrays read straight into numpy, see `adapt.ARRAYS`), the version."""
+Job = TypeVar("Job")
 
 
-async def _predict(
-    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
-) -> Response:
-    body = parsed.model
-    job = adapt.decode_predict(body, lease, settings.max_elements, parsed.arrays)
-    outputs = await worker.run("models", job)
-    return json_response(adapt.encode_predict(body, outputs, parsed.arrays))
+@dataclass(frozen=True)
+class Asked:
+    """One verb's request: the parsed body (its large arrays read straight into numpy, see `adapt.ARRAYS`),
+    the version it leases, the worker that computes it and the HTTP request."""
+
+    parsed: ParsedBody[Any]
+    lease: Lease
+    worker: Worker
+    request: Request
+
+    @property
+    def body(self) -> Any:
+        return self.parsed.model
+
+    def job(self, decode: Callable[[Any, Lease, int, adapt.Decoded], Job]) -> Job:
+        """The engine's job `decode` makes of the body, bounded by the settings' element limit (the settings
+        are the worker's, the app's one object: a dependency of its own costs every request)."""
+        return decode(self.body, self.lease, self.worker.settings.max_elements, self.parsed.arrays)
 
 
-async def _gradients(
-    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
-) -> Response:
-    body = parsed.model
-    job = adapt.decode_gradients(body, lease, settings.max_elements, parsed.arrays)
-    result = await worker.run("models", job)
-    return json_response(adapt.encode_gradients(lease, job, result, worker.pinned_device, body.response_encoding))
+Answer = Callable[[Asked], Awaitable[Response]]
+"""A verb's answer to one request."""
 
 
-async def _jacobian(
-    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
-) -> Response:
-    body = parsed.model
-    job = adapt.decode_jacobian(body, lease, settings.max_elements, parsed.arrays)
-    result = await worker.run("models", job)
-    return json_response(adapt.encode_jacobian(lease, job, result, worker.pinned_device, body.response_encoding))
+async def _predict(asked: Asked) -> Response:
+    outputs = await asked.worker.run("models", asked.job(adapt.decode_predict))
+    return json_response(adapt.encode_predict(asked.body, outputs, asked.parsed.arrays))
 
 
-async def _explain(
-    parsed: ParsedBody[Any], lease: Lease, worker: Worker, settings: Settings, request: Request
-) -> Response:
-    body, png = parsed.model, wants_png(request.headers.get("accept", ""))
+async def _gradients(asked: Asked) -> Response:
+    job = asked.job(adapt.decode_gradients)
+    result = await asked.worker.run("models", job)
+    device, encoding = asked.worker.pinned_device, asked.body.response_encoding
+    return json_response(adapt.encode_gradients(asked.lease, job, result, device, encoding))
+
+
+async def _jacobian(asked: Asked) -> Response:
+    job = asked.job(adapt.decode_jacobian)
+    result = await asked.worker.run("models", job)
+    device, encoding = asked.worker.pinned_device, asked.body.response_encoding
+    return json_response(adapt.encode_jacobian(asked.lease, job, result, device, encoding))
+
+
+async def _explain(asked: Asked) -> Response:
+    body, worker, png = asked.body, asked.worker, wants_png(asked.request.headers.get("accept", ""))
     deadline = worker.deadline()
-    job, labels = adapt.decode_explain(body, lease, settings.max_elements, parsed.arrays)
+    job, labels = asked.job(adapt.decode_explain)
     if png and job.attribution.instances > MAX_PANELS:
         raise ValidationFailed.at(
             job.loc,
@@ -233,7 +245,7 @@ async def _explain(
         )
     result = await worker.run("models", job, deadline)
     if not png:
-        return json_response(adapt.encode_explain(lease, job, result, worker.pinned_device, body))
+        return json_response(adapt.encode_explain(asked.lease, job, result, worker.pinned_device, body))
     figure = Call("plot_attributions", {**attribution_plot(result, labels, job.evaluation.method), "theme": body.theme})
     image = await worker.run("plots", figure, deadline)
     return Response(image, media_type="image/png", headers={"ETag": etag(image)})
@@ -298,8 +310,7 @@ async def _serve(  # noqa: PLR0917  (the endpoints pass FastAPI's arguments on)
     body = await verb.body.read(request)  # a body that is not JSON is a 400 whatever the path says
     number = None if version is None else adapt.parse_version(version)
     with models.lease(name, number) as lease:
-        # the settings are the worker's (the app's one object): a dependency of its own costs every request
-        return await verb.answer(body, lease, worker, worker.settings, request)
+        return await verb.answer(Asked(body, lease, worker, request))
 
 
 def _register(verb: Verb) -> None:
