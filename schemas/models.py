@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SkipValidation, WithJsonSchema, model_validator
 
 from schemas.explain import SEED_FEATURE_NAMES, ExplainFields, ExplanationResponse
+from schemas.rules import exactly_one
 from schemas.tensors import TensorIn, TensorOut
 from service.vocabulary import EncodingName, LossName, ReductionName
 
@@ -201,11 +202,9 @@ class PredictRequest(BaseModel):
         "value; a value may also be any Tensor form ({shape, data}, {shape, dtype, b64}).",
     )
 
-    @model_validator(mode="after")
-    def _one_format(self) -> PredictRequest:
-        if (self.instances is None) == (self.inputs is None):
-            raise ValueError("send exactly one of instances (row format) or inputs (columnar format)")
-        return self
+    _one_format = exactly_one(
+        "instances", "inputs", "send exactly one of instances (row format) or inputs (columnar format)"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -240,11 +239,7 @@ class ModelLoss(BaseModel):
     targets: TensorIn | None = Field(default=None, description="A Tensor shaped like the output.")
     reduction: ReductionName = Field(default="sum", description="Over the instances: sum, mean, or none.")
 
-    @model_validator(mode="after")
-    def _one_kind_of_target(self) -> ModelLoss:
-        if (self.labels is None) == (self.targets is None):
-            raise ValueError("send exactly one of labels or targets")
-        return self
+    _one_kind_of_target = exactly_one("labels", "targets", "send exactly one of labels or targets")
 
 
 class GradientsRequest(PredictRequest):

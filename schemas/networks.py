@@ -11,10 +11,10 @@ from pydantic import (
     StrictInt,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from schemas.rules import exactly_one
 from schemas.tensors import LIMIT_ERROR, ResponseEncoding, TensorIn, TensorOut, declared_shape
 from service.vocabulary import ActivationName, BiasName, FloatDType, IncludeName, LossName, ReductionName
 
@@ -176,11 +176,7 @@ class NetworkRequest(BaseModel):
             )
         return include
 
-    @model_validator(mode="after")
-    def _labels_or_targets(self) -> NetworkRequest:
-        if (self.labels is None) == (self.targets is None):
-            raise ValueError("exactly one of labels and targets is required")
-        return self
+    _labels_or_targets = exactly_one("labels", "targets", "exactly one of labels and targets is required")
 
 
 def _limit(message: str) -> PydanticCustomError:
