@@ -1,8 +1,9 @@
 """`python -m bench.bulk_bound`: what a nested-JSON bulk `:gradients` request costs at the least, in one
 process with no HTTP: the bulk body read by simdjson straight into one numpy buffer (no check of its
-shape), the example model's forward pass and input gradient under one `tf.function`, and orjson writing
-the answer's two nested arrays. Prints the medians in milliseconds as one JSON object; `bench.models`
-runs it beside the served bulk requests, so that their figures can be read against this bound.
+shape), the example model's forward pass and input gradient under one XLA-compiled `tf.function` (as a
+served bucket of this size is), and orjson writing the answer's two nested arrays. Prints the medians in
+milliseconds as one JSON object; `bench.models` runs it beside the served bulk requests, so that their
+figures can be read against this bound.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> int:
 
     vitals = tf.constant(read().astype(np.float32))
 
-    @tf.function  # type: ignore[untyped-decorator]
+    @tf.function(jit_compile=True)  # type: ignore[untyped-decorator]  # as the served bulk buckets are
     def tape(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as gradient_tape:
             gradient_tape.watch(x)
