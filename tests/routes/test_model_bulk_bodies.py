@@ -183,7 +183,7 @@ def test_a_large_body_gets_the_plain_parse_s_answer(
     served: TestClient, kind: str, name: str, verb: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tricky body (valid, at the edge of what the direct read takes) is answered, a hostile one is a 4xx
-    problem, and either answer is the plain parse's to the byte."""
+    problem, and either answer (status and JSON) is the one the plain parse gives."""
     body = (TRICKY if kind == "tricky" else HOSTILE)[name]
     direct, plain = _both(served, f"{SEQ}:{verb}", _for(verb, body), monkeypatch)
     assert direct == plain
