@@ -36,9 +36,11 @@ _SMALL = 64
 _INT32 = np.iinfo(np.int32)
 Encoding = vocabulary.EncodingName
 _OBJECT_KEYS = frozenset({"shape", "data", "dtype", "b64"})
-body_may_hold_booleans: contextvars.ContextVar[bool] = contextvars.ContextVar("body_may_hold_booleans", default=True)
-"""False once the raw request body is known to hold no `true`/`false` literal, so no tensor can hold a
-boolean and the element-by-element boolean scan (numpy silently reads True as 1.0) can be skipped."""
+body_may_hold_booleans: contextvars.ContextVar[bool | bytes] = contextvars.ContextVar(
+    "body_may_hold_booleans", default=True
+)
+"""Whether this request's body may hold a `true`/`false` literal (True when unknown), or the body itself, to
+be searched for them when `may_hold_booleans` first asks; read through that function."""
 _GC_PAUSE_BYTES = 64 * 1024
 """Bodies from this size on are parsed with the cyclic garbage collector paused (see `parse`)."""
 _DIRECT_BYTES = 64 * 1024
@@ -110,6 +112,19 @@ def _find_defect(value: Any, shape: Sequence[int], loc: list[str | int]) -> Vali
     return None
 
 
+def may_hold_booleans() -> bool:
+    """False once the raw request body is known to hold no `true`/`false` literal, so no tensor can hold a
+    boolean and the element-by-element boolean scan (numpy silently reads True as 1.0) can be skipped. The
+    body is searched the first time this asks, not when it is parsed, as a body of base64 tensors has no
+    nested tensor to ask for and would otherwise be searched through all its megabytes for nothing."""
+    known = body_may_hold_booleans.get()
+    if isinstance(known, bool):
+        return known
+    found = b"true" in known or b"false" in known
+    body_may_hold_booleans.set(found)
+    return found
+
+
 def _has_bool(value: list[Any], depth: int) -> bool:
     if depth == 1:
         return any(type(item) is bool for item in value)
@@ -123,7 +138,7 @@ def _from_nested(value: list[Any], loc: Loc, max_elements: int) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         array = None
     suspect = array is None or array.dtype.kind not in "iuf" or array.shape != tuple(shape)
-    if array is None or suspect or (body_may_hold_booleans.get() and _has_bool(value, len(shape))):
+    if array is None or suspect or (may_hold_booleans() and _has_bool(value, len(shape))):
         defect = _find_defect(value, shape, list(loc))
         raise defect if defect is not None else _reject(loc, "not a rectangular array of numbers")
     if array.dtype.kind == "u":
@@ -346,7 +361,7 @@ def parse(body: bytes, arrays: Mapping[str, ArrayField] | None = None) -> Any:
         document = _parse_direct(body, arrays)
         if document is not None:
             return document
-    body_may_hold_booleans.set(b"true" in body or b"false" in body)
+    body_may_hold_booleans.set(body)  # searched only if a nested tensor is decoded: a b64 body's never is
     if len(body) < _GC_PAUSE_BYTES:
         return orjson.loads(body)
     # a large body becomes hundreds of thousands of lists, and the cyclic collector would walk the growing

@@ -185,10 +185,23 @@ def test_boolean_scan_is_skipped_only_for_bodies_without_boolean_literals() -> N
     assert error.errors is not None and error.errors[0]["loc"] == ["body", "x", 1]
     try:
         parsed = codec.parse(b'{"x": [1.0, 2.5]}')
-        assert codec.body_may_hold_booleans.get() is False
+        assert codec.may_hold_booleans() is False
         np.testing.assert_array_equal(decode(parsed["x"], "float32"), [1.0, 2.5])
     finally:
         codec.body_may_hold_booleans.set(True)  # parse() sets it for the whole context, as a request's task would
+
+
+def test_the_body_is_searched_for_boolean_literals_only_when_a_nested_tensor_asks() -> None:
+    body = b'{"x": {"shape": [2], "dtype": "float32", "b64": "AACAPwAAAEA="}, "flag": true}'
+    try:
+        parsed = codec.parse(body)
+        assert codec.body_may_hold_booleans.get() is body  # not searched yet
+        np.testing.assert_array_equal(decode(parsed["x"], "float32"), [1.0, 2.0])
+        assert codec.body_may_hold_booleans.get() is body  # a b64 tensor does not ask
+        assert codec.may_hold_booleans() is True
+        assert codec.body_may_hold_booleans.get() is True  # the answer is kept for the rest of the request
+    finally:
+        codec.body_may_hold_booleans.set(True)
 
 
 def test_a_large_body_parses_with_the_collector_paused_and_restored() -> None:
@@ -323,9 +336,9 @@ def test_json_the_direct_read_refuses_gets_the_plain_parse_error() -> None:
 def test_boolean_flag_comes_from_the_fields_that_stay_json() -> None:
     try:
         codec.parse(orjson.dumps(large(flag=True)), ARRAYS)
-        assert codec.body_may_hold_booleans.get() is True
+        assert codec.may_hold_booleans() is True
         codec.parse(orjson.dumps(large()), ARRAYS)
-        assert codec.body_may_hold_booleans.get() is False
+        assert codec.may_hold_booleans() is False
     finally:
         codec.body_may_hold_booleans.set(True)
 
