@@ -361,7 +361,7 @@ def parse(body: bytes, arrays: Mapping[str, ArrayField] | None = None) -> Any:
         document = _parse_direct(body, arrays)
         if document is not None:
             return document
-    body_may_hold_booleans.set(body)  # searched only if a nested tensor is decoded: a b64 body's never is
+    body_may_hold_booleans.set(body)  # searched only when a nested tensor is decoded (a b64 body has none)
     if len(body) < _GC_PAUSE_BYTES:
         return orjson.loads(body)
     # a large body becomes hundreds of thousands of lists, and the cyclic collector would walk the growing
