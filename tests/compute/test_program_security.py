@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import pathlib
 import time
 from typing import Any
@@ -26,10 +27,22 @@ INPUTS = {
 
 
 def refused(program: str, **options: Any) -> tuple[InvalidInput, float]:
-    started = time.perf_counter()
-    with pytest.raises(InvalidInput) as error, located():
-        run_tape(INPUTS, program, compute=[], **options)
-    return error.value, time.perf_counter() - started
+    """The refusal and the fastest of up to three timed tries.
+
+    Noise only adds time: a collector pass over the garbage of earlier tests, or a neighbour on a shared
+    machine, once made a refusal twenty times slower than it is alone. So the garbage is collected before
+    each try, and a try over FAST is repeated; every try must be refused.
+    """
+    seconds: list[float] = []
+    for _ in range(3):
+        gc.collect()
+        started = time.perf_counter()
+        with pytest.raises(InvalidInput) as error, located():
+            run_tape(INPUTS, program, compute=[], **options)
+        seconds.append(time.perf_counter() - started)
+        if seconds[-1] < FAST:
+            break
+    return error.value, min(seconds)
 
 
 # (program, line, column, words in the message); line None where no position is meaningful
