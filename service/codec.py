@@ -48,6 +48,10 @@ _DIRECT_BYTES = 64 * 1024
 _EXACT_INTEGERS = float(2**53)
 _OPEN_BRACKET = ord("[")
 _BASE64_KEY = b'"b64"'
+_QUOTE = ord('"')
+_FEW_QUOTES = 1 / 64
+"""A body with at most this share of `"` bytes is searched for `_BASE64_KEY` through its quotes (see
+`_holds_base64_key`)."""
 _parsers = threading.local()
 _KEPT_PARSER_BYTES = 8 * 1024 * 1024
 _NON_FINITE_WORDS = {"nan", "infinity", "-infinity", "inf", "-inf", "+inf", "+infinity"}
@@ -357,7 +361,7 @@ def parse(body: bytes, arrays: Mapping[str, ArrayField] | None = None) -> Any:
     Also notes, for this request's context, whether the body could hold a boolean at all.
     """
     # a body carrying base64 tensors is mostly one long string, which orjson alone reads faster
-    if arrays and len(body) >= _DIRECT_BYTES and _BASE64_KEY not in body:
+    if arrays and len(body) >= _DIRECT_BYTES and not _holds_base64_key(body):
         document = _parse_direct(body, arrays)
         if document is not None:
             return document
@@ -374,6 +378,20 @@ def parse(body: bytes, arrays: Mapping[str, ArrayField] | None = None) -> Any:
     finally:
         if enabled:
             gc.enable()
+
+
+def _holds_base64_key(body: bytes) -> bool:
+    """`_BASE64_KEY in body`, answered from the positions of the body's quotes when they are few, as in a
+    large body of numbers, where that is several times faster than the byte search. `"b64"` is in the body
+    exactly where two consecutive quotes are four bytes apart with `b64` between them."""
+    raw = np.frombuffer(body, dtype=np.uint8)
+    is_quote = raw == _QUOTE
+    if np.count_nonzero(is_quote) > len(body) * _FEW_QUOTES:  # the positions would take more memory than the body
+        return _BASE64_KEY in body
+    quotes = np.flatnonzero(is_quote)
+    opening = quotes[:-1][np.diff(quotes) == len(_BASE64_KEY) - 1]
+    key = [raw[opening + offset] == byte for offset, byte in enumerate(_BASE64_KEY[1:-1], start=1)]
+    return bool(np.logical_and.reduce(key).any()) if len(opening) else False
 
 
 def _parse_direct(body: bytes, arrays: Mapping[str, ArrayField]) -> dict[str, Any] | None:

@@ -373,3 +373,18 @@ def test_a_list_field_past_its_most_rows_takes_the_plain_parse() -> None:
 def test_a_large_body_carrying_base64_is_read_by_the_plain_parse_alone() -> None:
     direct, plain = parse_both(orjson.dumps(large(note="b64")))
     assert isinstance(direct["features"], list) and direct == plain
+
+
+def test_a_large_body_is_read_directly_exactly_when_it_does_not_hold_the_base64_key() -> None:
+    # strings of quotes, backslashes and the key's letters, as values and as keys; the last ones hold so many
+    # quotes that the body is searched byte by byte, the others through its few quotes
+    rng = np.random.default_rng(11)
+    texts = ["".join(rng.choice(list('b64"\\ x'), size=rng.integers(0, 9))) for _ in range(150)]
+    texts += ['"' * 20_000, '"' * 20_000 + "b64", "b64" + '"' * 20_000]
+    for text in texts:
+        for document in (large(note=text), {text: 1, **large()}):
+            body = orjson.dumps(document)
+            direct, plain = parse_both(body)
+            assert isinstance(direct["features"], np.ndarray) is (b'"b64"' not in body), body[-80:]
+            lists = {key: np.asarray(value).tolist() if key in ARRAYS else value for key, value in direct.items()}
+            assert lists == plain
