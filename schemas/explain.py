@@ -9,13 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from schemas.activations import Theme
 from schemas.networks import MAX_LAYERS, SEED_FEATURES, SEED_WEIGHTS, Layer
 from schemas.tensors import ResponseEncoding, TensorIn, TensorOut
-from service.vocabulary import BiasName, FloatDType, IntegrationName, MethodName
+from service.vocabulary import (
+    DEFAULT_SAMPLES,
+    DEFAULT_STEPS,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    BiasName,
+    FloatDType,
+    IntegrationName,
+    MethodName,
+)
 
 NumberOrName = Annotated[float, Field(title="Number")] | Annotated[str, Field(title="NonFinite")]
 """A number, or a non-finite one as its JSON string; members titled for client generators."""
 
-MAX_STEPS = 1024
-MAX_SAMPLES = 256
 MAX_PANELS = 16
 """Instances an `Accept: image/png` answer draws at most (one panel each)."""
 
@@ -52,7 +59,7 @@ class ExplainFields(BaseModel):
         "per instance. Default: zeros.",
     )
     steps: int = Field(
-        default=50,
+        default=DEFAULT_STEPS,
         ge=1,
         le=MAX_STEPS,
         description=f"Gradient evaluations of integrated gradients, 1…{MAX_STEPS} (2…{MAX_STEPS} for "
@@ -64,7 +71,9 @@ class ExplainFields(BaseModel):
         "all wₖ = 1/m; trapezoid αₖ = k/(m−1), wₖ = 1/(m−1) halved at both ends; gausslegendre the m-point "
         "Gauss–Legendre nodes and weights mapped from [−1, 1].",
     )
-    samples: int = Field(default=25, ge=1, le=MAX_SAMPLES, description=f"Noisy copies for smoothgrad, 1…{MAX_SAMPLES}.")
+    samples: int = Field(
+        default=DEFAULT_SAMPLES, ge=1, le=MAX_SAMPLES, description=f"Noisy copies for smoothgrad, 1…{MAX_SAMPLES}."
+    )
     noise_stddev: TensorIn | None = Field(
         default=None,
         description="SmoothGrad's σ: a number, or a Tensor of one instance's shape (σ per feature). Default: "

@@ -14,14 +14,13 @@ from schemas.explain import SEED_FEATURE_NAMES, ExplainFields, ExplanationRespon
 from schemas.rules import exactly_one
 from schemas.tensors import TensorIn, TensorOut
 from service.vocabulary import EncodingName, LossName, ReductionName
+from service.vocabulary import VersionState as State
 
 SEED_INSTANCE = [76.0, 120.0, 37.5]
 """The seed's patient: heart rate 76 BPM, systolic blood pressure 120 mm Hg, temperature 37.5 °C."""
 DEFAULT_SIGNATURE = "serving_default"
 MAX_INSTANCES = 1_048_576
 """The most instances one row-format request holds."""
-STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
-State = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
 
 PlainValues = Annotated[
     Any,

@@ -38,6 +38,7 @@ from typing import Any
 from service.compute.models.spec import LoadRefused, SignatureInfo
 from service.errors import ModelNotAvailable, ModelNotFound
 from service.settings import Settings
+from service.vocabulary import VersionState
 
 logger = logging.getLogger("tapeserve.models")
 
@@ -65,7 +66,7 @@ class ModelVersion:
     name: str
     version: int
     folder: pathlib.Path
-    state: str = "START"
+    state: VersionState = "START"
     error_code: str = "OK"
     error_message: str = ""
     served: Any = None
@@ -87,7 +88,7 @@ class VersionStatus:
     """A version's state as TF Serving reports it, read at one moment."""
 
     version: int
-    state: str
+    state: VersionState
     error_code: str
     error_message: str
 

@@ -1,4 +1,5 @@
-"""The service's names, defined once: activations, losses, reductions, includes, biases, dtypes, encodings.
+"""The service's names, defined once: activations, losses, reductions, includes, biases, dtypes, encodings,
+a model version's states, and the explanation methods' step and sample limits.
 
 Imported by `schemas/` (the pydantic models) and `compute/` (the TensorFlow side) alike, so this module
 imports neither: only the standard library.
@@ -37,6 +38,8 @@ IntegrationName = Literal["riemann_left", "riemann_right", "riemann_middle", "ri
 """Integration rules of integrated gradients (API.md §10)."""
 EncodingName = Literal["nested", "b64"]
 """How response tensors are written: nested JSON arrays, or base64 of their little-endian bytes."""
+VersionState = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
+"""TF Serving's states of a model version (API.md §9)."""
 
 ACTIVATIONS: tuple[ActivationName, ...] = get_args(ActivationName)
 LOSSES: tuple[LossName, ...] = get_args(LossName)
@@ -53,3 +56,9 @@ SUMMED_GRADIENT_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
 """Activations that act on the last axis as a whole: their reported local gradient is that of the sum."""
 DEFAULT_ALPHA = 0.01
 """The seed's leaky-ReLU slope, the default everywhere in the service (tf.nn.leaky_relu's own is 0.2)."""
+DEFAULT_STEPS = 50
+MAX_STEPS = 1024
+"""Integrated gradients' gradient evaluations: the default and the most a request may ask for."""
+DEFAULT_SAMPLES = 25
+MAX_SAMPLES = 256
+"""SmoothGrad's noisy copies: the default and the most a request may ask for."""

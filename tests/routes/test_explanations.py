@@ -14,8 +14,6 @@ from fastapi.testclient import TestClient
 from matplotlib import image as mpimg
 
 from schemas.explain import (
-    MAX_SAMPLES,
-    MAX_STEPS,
     SEED_EXPLANATION_REQUEST,
     ExplanationResponse,
     NetworkExplanationRequest,
@@ -208,5 +206,10 @@ def test_the_schema_offers_what_the_engine_implements() -> None:
     properties = NetworkExplanationRequest.model_json_schema()["properties"]
     assert properties["method"]["enum"] == list(vocabulary.METHODS)
     assert properties["integration"]["enum"] == list(vocabulary.INTEGRATIONS)
-    assert (properties["steps"]["maximum"], properties["samples"]["maximum"]) == (MAX_STEPS, MAX_SAMPLES)
-    assert (MAX_STEPS, MAX_SAMPLES) == (prepare.MAX_STEPS, prepare.MAX_SAMPLES)
+    limits = (vocabulary.MAX_STEPS, vocabulary.MAX_SAMPLES)
+    assert (properties["steps"]["maximum"], properties["samples"]["maximum"]) == limits
+    engine_defaults = prepare.ExplainOptions()
+    assert (properties["steps"]["default"], properties["samples"]["default"]) == (
+        engine_defaults.steps,
+        engine_defaults.samples,
+    )

@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.compute.buckets import next_power_of_two
 from service.compute.errors import InvalidInput, LimitExceeded, Loc
 from service.compute.networks.problem import NetworkStructure
-from service.vocabulary import INTEGRATIONS, METHODS
+from service.vocabulary import DEFAULT_SAMPLES, DEFAULT_STEPS, INTEGRATIONS, MAX_SAMPLES, MAX_STEPS, METHODS
 from service.vocabulary import IntegrationName as Integration
 from service.vocabulary import MethodName as Method
 
-DEFAULT_STEPS = 50
-MAX_STEPS = 1024
-DEFAULT_SAMPLES = 25
-MAX_SAMPLES = 256
 NOISE_FRACTION = 0.15
 """SmoothGrad's default σ: this fraction of (max − min) of each instance's own values (Smilkov et al.)."""
 
@@ -278,5 +275,5 @@ class NetworkExplanation:
     def merge_key(self) -> tuple[Any, ...]:
         """Requests with equal keys run as one compiled call (instances padded to one power of two)."""
         evaluated = self.evaluation
-        bucket = 1 << (self.attribution.instances - 1).bit_length()
+        bucket = next_power_of_two(self.attribution.instances)
         return ("explain", self.structure, evaluated.rule, evaluated.absolute, bucket)
