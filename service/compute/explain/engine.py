@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from service.compute.buckets import next_power_of_two
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation
@@ -97,7 +98,7 @@ class _CompiledExplanation:
         """Run parts (job, first instance, end) padded to `rows` instances each; outputs per part, cut to size."""
         padded = list(parts)
         if self.jit:  # XLA compiles per shape: request counts in powers of two
-            padded += [parts[-1]] * ((1 << (len(parts) - 1).bit_length()) - len(parts))
+            padded += [parts[-1]] * (next_power_of_two(len(parts)) - len(parts))
 
         def stacked(pick: Any) -> Any:
             arrays = []
@@ -193,8 +194,7 @@ class ExplainEngine:
         power of two where the element limit allows it (so 600 and 1,000 instances share one program)."""
         if not self._jit:
             return rows
-        bucket = 1 << max(rows - 1, 0).bit_length()
-        stacked = 1 << max(requests - 1, 0).bit_length()
+        bucket, stacked = next_power_of_two(rows), next_power_of_two(requests)
         return bucket if bucket * stacked * per_instance <= self.max_elements else rows
 
     def warmup(self) -> None:

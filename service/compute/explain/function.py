@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from service.compute.buckets import next_power_of_two
 from service.compute.explain.engine import ExplanationResult, plan_calls
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import AttributionInputs, Evaluation
@@ -138,7 +139,7 @@ class FunctionExplainer:
         """One call of instances `bounds` run as `rows`: XLA-compiled (padded to a power of two within the
         element limit) when large enough, and without XLA from then on if XLA cannot compile the function
         (a first call of a shape that fails; a shape that has answered before fails as the call's own error)."""
-        bucket = 1 << max(rows - 1, 0).bit_length()
+        bucket = next_power_of_two(rows)
         large = self.xla_elements is not None and bucket * per_instance >= self.xla_elements
         if large and bucket * per_instance <= self.max_elements:
             compiled = (evaluated.method, evaluated.absolute, evaluated.noisy, bucket)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from service.compute.buckets import next_power_of_two
 from service.compute.lru import LruCache
 
 Arrays = dict[str, np.ndarray]
@@ -53,7 +54,7 @@ def floor_rows(row_elements: int) -> int:
 
 def bucket_rows(rows: int, row_elements: int) -> int:
     """Rows to run `rows` instances as: the next power of two, at least `floor_rows(row_elements)`."""
-    return max(floor_rows(row_elements), 1 << max(rows - 1, 0).bit_length())
+    return max(floor_rows(row_elements), next_power_of_two(rows))
 
 
 def _padded(array: np.ndarray, rows: int, repeat: bool) -> np.ndarray:

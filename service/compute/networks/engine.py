@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.compute.buckets import next_power_of_two
 from service.compute.lru import LruCache
 from service.compute.networks.fastpath import fastest_call
 from service.compute.networks.graph import trace
@@ -33,7 +34,7 @@ class _CompiledNetwork:
         if not self.jit_compile:
             return requests
         compiled = [rows for rows in self.compiled_rows if rows >= requests]
-        rows = min(compiled) if compiled else 1 << (requests - 1).bit_length()
+        rows = min(compiled) if compiled else next_power_of_two(requests)
         self.compiled_rows.add(rows)
         return rows
 

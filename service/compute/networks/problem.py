@@ -11,6 +11,7 @@ from typing import Any
 import numpy.typing as npt
 
 from service import vocabulary
+from service.compute.buckets import next_power_of_two
 
 Loss = vocabulary.LossName
 Reduction = vocabulary.ReductionName
@@ -104,7 +105,7 @@ def spec_of(fields: SpecFields, samples: int) -> NetworkSpec:
 
 def batch_bucket(samples: int) -> int:
     """The padded batch size a request of `samples` samples runs with: the next power of two."""
-    return 1 << (samples - 1).bit_length()
+    return next_power_of_two(samples)
 
 
 @dataclass
