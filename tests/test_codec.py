@@ -388,3 +388,11 @@ def test_a_large_body_is_read_directly_exactly_when_it_does_not_hold_the_base64_
             assert isinstance(direct["features"], np.ndarray) is (b'"b64"' not in body), body[-80:]
             lists = {key: np.asarray(value).tolist() if key in ARRAYS else value for key, value in direct.items()}
             assert lists == plain
+
+
+def test_the_base64_key_is_found_where_it_crosses_the_end_of_the_bodys_head() -> None:
+    for start in range(4088, 4097):  # the key's first byte; the head is the first 4096 bytes
+        body = orjson.dumps({"pad": "x" * (start - len('{"pad":"",')), "b64": 1, **large()})
+        assert body.index(b'"b64"') == start
+        direct, plain = parse_both(body)
+        assert isinstance(direct["features"], list) and direct == plain
