@@ -9,6 +9,7 @@ import uvicorn
 from service.app import create_app
 from service.drain import DrainingServer
 from service.observability import configure_logging
+from service.protocol import OneWriteHttpToolsProtocol
 from service.settings import Settings
 
 STARTUP_FAILURE = 3
@@ -27,7 +28,7 @@ def serve(host: str | None = None, port: int | None = None, log_stream: IO[str] 
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # httptools', a response's head and body in one write
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers propagate to the JSON handler instead of configuring their own
         access_log=False,
