@@ -395,7 +395,7 @@ def _holds_base64_key(body: bytes) -> bool:
     quotes = np.flatnonzero(is_quote)
     opening = quotes[:-1][np.diff(quotes) == len(_BASE64_KEY) - 1]
     key = [raw[opening + offset] == byte for offset, byte in enumerate(_BASE64_KEY[1:-1], start=1)]
-    return bool(np.logical_and.reduce(key).any()) if len(opening) else False
+    return bool(np.logical_and.reduce(key).any())
 
 
 def _parse_direct(body: bytes, arrays: Mapping[str, ArrayField]) -> dict[str, Any] | None:

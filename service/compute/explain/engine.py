@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.compute.buckets import next_power_of_two
+from service.compute.buckets import next_power_of_two, power_of_two_at_most
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation
@@ -148,7 +148,7 @@ def plan_calls(
             ([(j, 0, instances[j]) for j in range(first, min(first + group, len(instances)))], rows)
             for first in range(0, len(instances), group)
         ]
-    chunk = 1 << (cap.bit_length() - 1)  # a power of two: one compiled shape for every chunk
+    chunk = power_of_two_at_most(cap)  # one compiled shape for every chunk
     return [
         ([(j, start, min(start + chunk, n))], chunk) for j, n in enumerate(instances) for start in range(0, n, chunk)
     ]

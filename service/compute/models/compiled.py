@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.compute.buckets import next_power_of_two
+from service.compute.buckets import next_power_of_two, power_of_two_at_most
 from service.compute.lru import LruCache
 
 Arrays = dict[str, np.ndarray]
@@ -49,7 +49,7 @@ few units in the last place)."""
 def floor_rows(row_elements: int) -> int:
     """The smallest bucket for instances of `row_elements` input elements: a power of two."""
     most = max(1, min(MAX_FLOOR_ROWS, PAD_ELEMENTS // max(row_elements, 1)))
-    return 1 << (most.bit_length() - 1)
+    return power_of_two_at_most(most)
 
 
 def bucket_rows(rows: int, row_elements: int) -> int:
