@@ -1,7 +1,8 @@
 """`python -m bench.bulk_bound`: what a nested-JSON bulk `:gradients` request costs at the least, in one
 process with no HTTP: the bulk body read by simdjson straight into one numpy buffer (no check of its
 shape), the example model's forward pass and input gradient under one XLA-compiled `tf.function` (as a
-served bucket of this size is), and orjson writing the answer's two nested arrays. Prints the medians in
+served bucket of this size is), and orjson writing the answer's two nested arrays, with the C heap kept as
+the server keeps it (`service/heap.py`). Prints the medians in
 milliseconds as one JSON object; `bench.models` runs it beside the served bulk requests, so that their
 figures can be read against this bound.
 """
@@ -22,6 +23,8 @@ import simdjson
 import tensorflow as tf
 
 from bench.models import BULK, EXAMPLE_MODEL, bulk_bodies
+from service.heap import keep_freed_memory
+from service.settings import Settings
 
 REPEATS = 15
 
@@ -38,6 +41,7 @@ def timed(step: Callable[[], Any]) -> float:
 
 
 def main() -> int:
+    keep_freed_memory(Settings().heap_keep_mb)
     body = bulk_bodies()["nested"]
     model = keras.saving.load_model(EXAMPLE_MODEL)
 

@@ -8,6 +8,7 @@ import uvicorn
 
 from service.app import create_app
 from service.drain import DrainingServer
+from service.heap import keep_freed_memory
 from service.observability import configure_logging
 from service.protocol import OneWriteHttpToolsProtocol
 from service.settings import Settings
@@ -22,6 +23,7 @@ def serve(host: str | None = None, port: int | None = None, log_stream: IO[str] 
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, stream=log_stream, flush_interval=settings.log_flush_s)
+    keep_freed_memory(settings.heap_keep_mb)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     """Info lines (the access log) are written in batches at least this often; warnings and errors at once,
     after everything before them. 0 writes every line as it comes (slower under load)."""
 
+    heap_keep_mb: int = Field(default=128, ge=0, le=1024)
+    """Freed memory the C heap keeps for the next request instead of returning it to the kernel (glibc only;
+    `service/heap.py`): a large request then reuses pages rather than faulting in fresh ones. 0 leaves glibc's
+    defaults."""
+
     batch_window_ms: float = Field(default=1.0, ge=0)
     """How long the worker waits to merge concurrent compatible requests; 0 disables micro-batching."""
 

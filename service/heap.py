@@ -1,0 +1,41 @@
+"""How much freed memory the serving process's C heap keeps for the next request (glibc's malloc only).
+
+glibc serves an allocation of 128 KiB or more with fresh pages from the kernel and hands them back when it
+is freed, raising that threshold only as large blocks come and go. A large request's body, its parsed
+arrays, its tensors and its rendered answer are each megabytes, made and freed once per request, so each
+request would fault in thousands of fresh, zeroed pages (README, Performance). `keep_freed_memory` fixes
+both thresholds instead: blocks below 32 MiB (glibc's largest threshold) come from the heap, and up to
+`TAPESERVE_HEAP_KEEP_MB` of free memory stays at the heap's top for the next request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+M_TRIM_THRESHOLD = -1
+"""glibc's `mallopt` parameter: free memory at the heap's top beyond this goes back to the kernel."""
+
+M_MMAP_THRESHOLD = -3
+"""glibc's `mallopt` parameter: blocks this large or larger get pages of their own, returned when freed."""
+
+LARGEST_MMAP_THRESHOLD = 32 * 1024 * 1024
+"""The largest `M_MMAP_THRESHOLD` glibc takes on a 64-bit machine."""
+
+
+def keep_freed_memory(megabytes: int) -> bool:
+    """Have glibc keep up to `megabytes` of freed memory, and take blocks under 32 MiB (or under `megabytes`,
+    if less) from its heap; True when both took effect. 0, or a C library other than glibc, changes
+    nothing and returns False."""
+    if megabytes <= 0 or platform.libc_ver()[0] != "glibc":
+        return False
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return False
+    mallopt = ctypes.CDLL(library).mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    kept = megabytes * 1024 * 1024
+    # mallopt answers 1 on success; setting either threshold also stops glibc's own adjustment of both
+    return bool(mallopt(M_MMAP_THRESHOLD, min(kept, LARGEST_MMAP_THRESHOLD)) and mallopt(M_TRIM_THRESHOLD, kept))
