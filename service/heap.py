@@ -11,7 +11,6 @@ both thresholds instead: blocks below 32 MiB (glibc's largest threshold) come fr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 M_TRIM_THRESHOLD = -1
@@ -30,10 +29,7 @@ def keep_freed_memory(megabytes: int) -> bool:
     nothing and returns False."""
     if megabytes <= 0 or platform.libc_ver()[0] != "glibc":
         return False
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return False
-    mallopt = ctypes.CDLL(library).mallopt
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, glibc's among them
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     kept = megabytes * 1024 * 1024
