@@ -16,6 +16,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from service.protocol import OneWriteHttpToolsProtocol, OneWriteTransport
+from tests.live_server import free_port
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -119,9 +120,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @contextlib.contextmanager
 def serving() -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http=OneWriteHttpToolsProtocol)
     config.log_level, config.access_log = "warning", False
     server = uvicorn.Server(config)
