@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import PROBLEM_JSON, Unauthorized, problem_response
+from service.middleware import route_path
 
 BEARER_SCHEME = "HTTPBearer"
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
@@ -49,7 +50,8 @@ class ApiKeyMiddleware:
         self.keys = tuple(key.encode() for key in api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.keys or scope["type"] != "http" or not is_protected(scope["path"]):
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if not self.keys or not is_protected(path):
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), None)
@@ -68,7 +70,7 @@ class ApiKeyMiddleware:
                 headers={"WWW-Authenticate": 'Bearer realm="tapeserve", error="invalid_token"'},
             )
         request_id = scope.get("state", {}).get("request_id")
-        await problem_response(error, request_id)(scope, receive, send)
+        await problem_response(error, request_id, path)(scope, receive, send)
 
 
 UNAUTHORIZED_RESPONSE: dict[str, Any] = {

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from schemas.tensors import LIMIT_ERROR
 from service.compute import errors as compute_errors
+from service.middleware import route_path
 
 logger = logging.getLogger("tapeserve")
 
@@ -23,6 +24,14 @@ PROBLEM_BASE = "https://tapeserve.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
 Loc = Sequence[str | int]
+
+TF_SERVING_PREFIX = "/v1/models"
+"""TF Serving's REST paths: their problems also carry TF Serving's `error` member (API.md §9)."""
+
+
+def speaks_tf_serving(path: str) -> bool:
+    """Whether `path` is one of TF Serving's REST paths, whose clients read a problem's `error` member."""
+    return path == TF_SERVING_PREFIX or path.startswith(TF_SERVING_PREFIX + "/")
 
 
 class ServiceError(Exception):
@@ -50,7 +59,8 @@ class ServiceError(Exception):
     def type(self) -> str:
         return PROBLEM_BASE + self.slug
 
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
+    def body(self, request_id: str | None = None, *, error_member: bool = False) -> dict[str, Any]:
+        """The problem document; `error_member` adds TF Serving's `error` (the detail), which its clients read."""
         problem: dict[str, Any] = {
             "type": self.type,
             "title": self.title,
@@ -60,6 +70,8 @@ class ServiceError(Exception):
         if self.errors:
             problem["errors"] = self.errors
         problem.update(self.extra)
+        if error_member:
+            problem["error"] = self.detail
         if request_id is not None:
             problem["request_id"] = request_id
         return problem
@@ -164,13 +176,15 @@ def from_compute_error(error: compute_errors.ComputeError) -> ServiceError:
     return ValidationFailed(detail, errors=errors)
 
 
-def problem_response(error: ServiceError, request_id: str | None = None) -> Response:
-    """The one place a problem+json body is rendered."""
+def problem_response(error: ServiceError, request_id: str | None = None, path: str = "") -> Response:
+    """The one place a problem+json body is rendered; `path` is the request's (TF Serving's paths add the
+    `error` member)."""
     headers = dict(error.headers)
     if request_id is not None:
         headers.setdefault("X-Request-ID", request_id)
+    body = error.body(request_id if error.status >= 500 else None, error_member=speaks_tf_serving(path))
     return Response(
-        orjson.dumps(error.body(request_id if error.status >= 500 else None)),
+        orjson.dumps(body),
         status_code=error.status,
         media_type=PROBLEM_JSON,
         headers=headers,
@@ -247,12 +261,12 @@ async def handle_exception(request: Request, exc: Exception) -> Response | None:
     before its body arrived gets nothing: there is nobody to answer, and nothing went wrong here."""
     if isinstance(exc, ClientDisconnect):
         return None
-    return answer_exception(exc, _request_id(request), request.url.path)
+    return answer_exception(exc, _request_id(request), route_path(request.scope))
 
 
 def answer_exception(exc: Exception, request_id: str, path: str) -> Response:
     """The problem+json answer to whatever was raised, logged when it is a server error (see
-    `handle_exception`; middlewares that answer before the app call this directly)."""
+    `handle_exception`); `path` is the route path (`middleware.route_path`)."""
     error = as_service_error(exc)
     if error.status >= 500:
         # a bug is an error with its traceback; a deadline or a service still starting is a warning
@@ -263,7 +277,7 @@ def answer_exception(exc: Exception, request_id: str, path: str) -> Response:
             exc_info=exc if bug and not isinstance(exc, ServiceError) else None,
             extra={"request_id": request_id, "path": path, "status": error.status},
         )
-    return problem_response(error, request_id)
+    return problem_response(error, request_id, path)
 
 
 def _problems_as_problem_json(document: dict[str, Any]) -> None:

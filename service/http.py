@@ -26,7 +26,7 @@ from service.errors import (
     new_request_id,
     problem_response,
 )
-from service.middleware import HttpMiddleware
+from service.middleware import HttpMiddleware, route_path
 from service.observability import WARM_UP_SCOPE_KEY
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -307,7 +307,7 @@ class RequestContextMiddleware(HttpMiddleware):
             too_large = PayloadTooLarge(
                 f"Body of {int(declared):,} bytes exceeds {limit:,} (TAPESERVE_MAX_BODY_BYTES)."
             )
-            await problem_response(too_large, request_id)(scope, receive, send_with_id)
+            await problem_response(too_large, request_id, route_path(scope))(scope, receive, send_with_id)
             return
 
         received = 0

@@ -24,3 +24,13 @@ class HttpMiddleware(ABC):
     @abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request through `self.app`."""
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path as the app's routes match it: without the root path the server was given (uvicorn's
+    `--root-path`), which it puts in front of `path` (Starlette's own rule, `starlette._utils.get_route_path`)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :]
+    return path

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.middleware import HttpMiddleware
+from service.middleware import HttpMiddleware, route_path
 
 access_logger = logging.getLogger("tapeserve.access")
 
@@ -272,7 +272,7 @@ class RouteLabels:
         if isinstance(path, str):
             return path
         for pattern, template in self._compiled():
-            if pattern.match(scope["path"]):
+            if pattern.match(route_path(scope)):
                 return template
         return UNMATCHED_ROUTE
 

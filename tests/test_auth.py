@@ -66,6 +66,25 @@ def test_anything_but_a_configured_key_is_refused(keyed: TestClient, authorizati
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_behind_a_root_path_the_same_paths_need_a_key(keyed: TestClient, method: str, path: str) -> None:
+    """A server given a root path (uvicorn's `--root-path`) puts it in front of every path: the keys still guard
+    the paths the routes see."""
+    prefixed = TestClient(keyed.app, root_path="/tapeserve")
+    response = prefixed.request(method, "/tapeserve" + path, json=SEED_REQUEST if method == "POST" else None)
+    assert response.status_code == 401 and response.json()["type"].endswith("/unauthorized")
+    served = prefixed.post("/tapeserve/v1/models/diabetes:predict", json={"instances": [[80, 120, 37]]}).json()
+    assert served["status"] == 401 and served["error"] == served["detail"]
+    assert prefixed.get("/tapeserve/healthz").status_code == 200
+
+
+def test_a_refusal_on_tf_servings_paths_carries_the_error_member(keyed: TestClient) -> None:
+    """The 401 is answered before any route, and still in TF Serving's form on its paths."""
+    served = keyed.post("/v1/models/diabetes:predict", json={"instances": [[80, 120, 37]]}).json()
+    assert served["status"] == 401 and served["error"] == served["detail"]
+    assert "error" not in keyed.get("/v1/info").json()
+
+
 def test_a_wrong_key_is_reported_as_invalid_token(keyed: TestClient) -> None:
     response = keyed.get("/v1/info", headers=bearer("wrong-key"))
     assert 'error="invalid_token"' in response.headers["www-authenticate"]

@@ -89,6 +89,18 @@ def test_requests_are_counted_by_route_template_and_status() -> None:
     assert buckets[(("le", "60.0"), ("route", GRADIENTS))] == 5
 
 
+def test_answers_before_routing_are_counted_by_template_behind_a_root_path_too() -> None:
+    """A 401 is answered before any route matched; behind a root path (uvicorn's `--root-path` puts it in front
+    of every path) its template is still found."""
+    with make_client(api_keys="the-key", warmup=False) as plain:
+        client = TestClient(plain.app, root_path="/tapeserve")
+        assert client.get("/tapeserve/v1/info").status_code == 401
+        client.headers["Authorization"] = "Bearer the-key"
+        samples = scrape(client)
+    assert requests_total(samples, "GET", "/v1/info", 401) == 1
+    assert requests_total(samples, "GET", UNMATCHED_ROUTE, 401) == 0
+
+
 def test_unknown_methods_do_not_become_label_values(client: TestClient) -> None:
     client.request("BREW", "/healthz")
     samples = scrape(client)

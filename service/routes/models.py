@@ -6,9 +6,9 @@ where TF Serving's clients read the message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.routing import APIRoute
@@ -34,7 +34,7 @@ from service.adapters.explain import attribution_plot
 from service.adapters.plots import etag
 from service.deps import ModelsDep, WorkerDep
 from service.engines import Call
-from service.errors import InternalError, ValidationFailed, as_service_error
+from service.errors import ValidationFailed
 from service.http import (
     DirectRoute,
     Endpoint,
@@ -49,34 +49,10 @@ from service.routes.explanations import RESPONSES as EXPLANATION_RESPONSES
 from service.routes.explanations import wants_png
 from service.worker import Worker
 
-P = ParamSpec("P")
-
-
-def with_error_member(call: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
-    """`call`, its problems also carrying TF Serving's `error` member (the detail)."""
-
-    async def answer(*args: P.args, **kwargs: P.kwargs) -> Response:
-        try:
-            return await call(*args, **kwargs)
-        except Exception as exc:
-            error = as_service_error(exc)
-            if isinstance(error, InternalError):
-                raise  # a bug: the one handler logs it with its traceback
-            error.extra = {**error.extra, "error": error.detail}
-            raise error from exc
-
-    return answer
-
 
 class TFServingRoute(DirectRoute, StrictJSONRoute):
-    """A route whose problems also carry TF Serving's `error` member, called directly (`DirectRoute`)
-    where its endpoint allows it."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return with_error_member(super().get_route_handler())  # type: ignore[return-value]
-
-    def direct_endpoint(self, endpoint: Endpoint) -> Endpoint:
-        return with_error_member(endpoint)
+    """A route on TF Serving's paths, called directly (`DirectRoute`) where its endpoint allows it. Its
+    problems carry TF Serving's `error` member as every problem on these paths does (`errors.problem_response`)."""
 
 
 class SegmentConvertor(Convertor[str]):

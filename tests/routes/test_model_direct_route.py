@@ -121,7 +121,8 @@ def test_an_unexpected_error_is_the_same_500_problem(app: FastAPI) -> None:
         assert direct == generic, path
         assert direct[0] == 500 and b"secret internal state" not in direct[2]
         assert direct[1]["content-type"] == "application/problem+json"
-        assert "error" not in json.loads(direct[2])  # a bug's problem is the one handler's, as before
+        problem = json.loads(direct[2])  # a bug's problem is the one handler's, in TF Serving's form on its paths
+        assert problem["error"] == problem["detail"] and problem["request_id"]
 
 
 def test_openapi_is_that_of_the_routes_in_an_included_router() -> None:

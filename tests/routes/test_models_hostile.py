@@ -380,7 +380,7 @@ def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> 
     assert problem["type"] == f"https://tapeserve.dev/problems/{case.slug}"
     assert problem["status"] == case.status
     assert "Traceback" not in response.text and len(response.content) < 4096
-    if case.status not in (405, 413) and case.path.startswith("/v1/models"):  # 405, 413: before any route
+    if case.path.startswith("/v1/models"):  # 405 and 413 too, answered before any route
         assert problem["error"] == problem["detail"]
     if case.loc is not None:
         assert any(loc[: len(case.loc)] == case.loc for loc in _locs(problem)), (problem, case.loc)
@@ -389,6 +389,29 @@ def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> 
     # and the model still serves
     answer = hostile.post(SEQ, json={"instances": [GOOD_ROW]})
     assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("DELETE", "/v1/models/seq", 405),
+        ("PUT", "/v1/models/seq/versions/1:predict", 405),
+        ("GET", "/v1/models/seq/metadata/more", 404),
+        ("GET", "/v1/models/seq:reload", 404),
+    ],
+)
+def test_problems_outside_every_route_carry_the_error_member_on_tf_servings_paths(
+    hostile: TestClient, method: str, path: str, status: int
+) -> None:
+    """Router answers (no route matched the path, or not its method) on TF Serving's paths still carry the
+    `error` member its clients read; the service's other paths do not."""
+    response = hostile.request(method, path)
+    problem = response.json()
+    assert response.status_code == status and problem["error"] == problem["detail"], problem
+    elsewhere = hostile.request(method, "/v1/networks/gradients" if status == 405 else "/v1/no-such-thing")
+    assert elsewhere.status_code == status and "error" not in elsewhere.json()
+    prefixed = TestClient(hostile.app, root_path="/tapeserve").request(method, "/tapeserve" + path)
+    assert prefixed.status_code == status and prefixed.json()["error"] == prefixed.json()["detail"]
 
 
 def test_the_campaign_covers_every_route() -> None:
