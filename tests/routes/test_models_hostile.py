@@ -391,15 +391,16 @@ def test_a_hostile_request_gets_its_problem(hostile: TestClient, case: Case) -> 
     assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 3
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [
-        ("DELETE", "/v1/models/seq", 405),
-        ("PUT", "/v1/models/seq/versions/1:predict", 405),
-        ("GET", "/v1/models/seq/metadata/more", 404),
-        ("GET", "/v1/models/seq:reload", 404),
-    ],
-)
+UNROUTED = [
+    # (method, path, status) that no route answers: the router's own 405 and 404
+    ("DELETE", "/v1/models/seq", 405),
+    ("PUT", "/v1/models/seq/versions/1:predict", 405),
+    ("GET", "/v1/models/seq/metadata/more", 404),
+    ("GET", "/v1/models/seq:reload", 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), UNROUTED)
 def test_problems_outside_every_route_carry_the_error_member_on_tf_servings_paths(
     hostile: TestClient, method: str, path: str, status: int
 ) -> None:
