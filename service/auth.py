@@ -50,8 +50,7 @@ class ApiKeyMiddleware:
         self.keys = tuple(key.encode() for key in api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope) if scope["type"] == "http" else ""
-        if not self.keys or not is_protected(path):
+        if not self.keys or scope["type"] != "http" or not is_protected(path := route_path(scope)):
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), None)
