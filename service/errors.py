@@ -176,9 +176,9 @@ def from_compute_error(error: compute_errors.ComputeError) -> ServiceError:
     return ValidationFailed(detail, errors=errors)
 
 
-def problem_response(error: ServiceError, request_id: str | None = None, path: str = "") -> Response:
-    """The one place a problem+json body is rendered; `path` is the request's (TF Serving's paths add the
-    `error` member)."""
+def problem_response(error: ServiceError, request_id: str | None, path: str) -> Response:
+    """The one place a problem+json body is rendered; `path` is the request's route path
+    (`middleware.route_path`), since TF Serving's paths add the `error` member."""
     headers = dict(error.headers)
     if request_id is not None:
         headers.setdefault("X-Request-ID", request_id)

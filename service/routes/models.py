@@ -34,7 +34,7 @@ from service.adapters.explain import attribution_plot
 from service.adapters.plots import etag
 from service.deps import ModelsDep, WorkerDep
 from service.engines import Call
-from service.errors import ValidationFailed
+from service.errors import TF_SERVING_PREFIX, ValidationFailed
 from service.http import (
     DirectRoute,
     Endpoint,
@@ -69,7 +69,7 @@ class SegmentConvertor(Convertor[str]):
 
 
 register_url_convertor("segment", SegmentConvertor())
-PREFIX = "/v1/models"
+PREFIX = TF_SERVING_PREFIX
 ROUTES: list[tuple[str, Callable[..., Awaitable[Response]], dict[str, Any]]] = []
 """`(path, endpoint, add_api_route's options)` of every route here, in the order `install` adds them."""
 
