@@ -73,16 +73,17 @@ def test_behind_a_root_path_the_same_paths_need_a_key(keyed: TestClient, method:
     prefixed = TestClient(keyed.app, root_path="/tapeserve")
     response = prefixed.request(method, "/tapeserve" + path, json=SEED_REQUEST if method == "POST" else None)
     assert response.status_code == 401 and response.json()["type"].endswith("/unauthorized")
-    served = prefixed.post("/tapeserve/v1/models/diabetes:predict", json={"instances": [[80, 120, 37]]}).json()
-    assert served["status"] == 401 and served["error"] == served["detail"]
-    assert prefixed.get("/tapeserve/healthz").status_code == 200
 
 
-def test_a_refusal_on_tf_servings_paths_carries_the_error_member(keyed: TestClient) -> None:
-    """The 401 is answered before any route, and still in TF Serving's form on its paths."""
-    served = keyed.post("/v1/models/diabetes:predict", json={"instances": [[80, 120, 37]]}).json()
+@pytest.mark.parametrize("root_path", ["", "/tapeserve"])
+def test_a_refusal_on_tf_servings_paths_carries_the_error_member(keyed: TestClient, root_path: str) -> None:
+    """The 401 is answered before any route, and still in TF Serving's form on its paths (behind a root path
+    too); the open paths stay open."""
+    client = TestClient(keyed.app, root_path=root_path)
+    served = client.post(root_path + "/v1/models/diabetes:predict", json={"instances": [[80, 120, 37]]}).json()
     assert served["status"] == 401 and served["error"] == served["detail"]
-    assert "error" not in keyed.get("/v1/info").json()
+    assert "error" not in client.get(root_path + "/v1/info").json()
+    assert client.get(root_path + "/healthz").status_code == 200
 
 
 def test_a_wrong_key_is_reported_as_invalid_token(keyed: TestClient) -> None:
