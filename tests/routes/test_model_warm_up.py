@@ -1,5 +1,5 @@
 """Warm-up of served models: by the time `/readyz` is 200, a version's first request of every verb finds its
-compiled function (the 1-instance bucket, the explainer of each method) and traces nothing, and the app's
+compiled function (the 1-instance bucket, the explainer every method shares) and traces nothing, and the app's
 own warm-up requests through the models' routes all answered."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_first_requests_trace_nothing_after_ready(root: pathlib.Path) -> None:
             assert any(key[0] == verb and key[-1] == one for key in keys), (verb, keys)
         (explainer,) = (served.functions.get(key, dict) for key in keys if key[0] == "explain")
         misses, traces = served.functions.misses, explainer.traces
-        assert traces == 4  # every method's function, before the version turned AVAILABLE
+        assert traces == 1  # the one function of every method, before the version turned AVAILABLE
         for verb, body in FIRST_REQUESTS:
             response = client.post(f"/v1/models/seq:{verb}", json=body)
             assert response.status_code == 200, (verb, response.text)

@@ -22,8 +22,12 @@ import tensorflow as tf
 
 from service.compute.buckets import next_power_of_two
 from service.compute.explain.engine import ExplanationResult, plan_calls
-from service.compute.explain.kernel import Forward, attribute
+from service.compute.explain.kernel import INTEGRATED, Forward, attribute
 from service.compute.explain.prepare import AttributionInputs, Evaluation
+from service.vocabulary import METHODS
+
+COMPLETENESS = ("baseline_prediction", "convergence_delta")
+"""The outputs only integrated gradients answers (the one graph returns them for every method)."""
 
 Function = Callable[[Mapping[str, Any]], Any]
 """f(inputs by name, each (P, *shape)) -> (P, units): one output of the function, batched."""
@@ -45,7 +49,8 @@ def folded(function: Function, names: Sequence[str]) -> Forward:
 
 
 class FunctionExplainer:
-    """Compiled explanations of one function, one concrete function per method; runs in the worker thread."""
+    """Compiled explanations of one function: one concrete function serves every method (chosen by a tensor at
+    each call), one more with XLA for large calls; runs in the worker thread."""
 
     def __init__(
         self,
@@ -63,7 +68,7 @@ class FunctionExplainer:
         self.max_elements = max_elements
         self._forward = folded(function, self.names)
         self.xla_elements = xla_elements
-        self._compiled: dict[tuple[str, bool, bool, bool], Any] = {}
+        self._compiled: dict[bool, Any] = {}
         self._lock = threading.Lock()
         self.calls = 0
         self.traces = 0
@@ -73,28 +78,27 @@ class FunctionExplainer:
         self._xla_answered: set[tuple[str, bool, bool, int]] = set()
         """(method, absolute, noisy, bucket) that XLA has compiled and answered once (as compiled._Bucketed)."""
 
-    def _concrete(self, evaluated: Evaluation, jit: bool) -> Any:
-        key = (evaluated.method, evaluated.absolute, evaluated.noisy, jit)
+    def _concrete(self, jit: bool) -> Any:
         with self._lock:
-            if key not in self._compiled:
-                self._compiled[key] = self._trace(*key)
-            return self._compiled[key]
+            if jit not in self._compiled:
+                self._compiled[jit] = self._trace(jit)
+            return self._compiled[jit]
 
-    def _trace(self, method: str, absolute: bool, noisy: bool, jit: bool) -> Any:
+    def _trace(self, jit: bool) -> Any:
         self.traces += 1
         count = len(self.names)
         dtype = tf.as_dtype(self.dtype)
 
         def explain(*tensors: Any) -> Any:
             inputs, starts, noise = tensors[:count], tensors[count : 2 * count], tensors[2 * count : 3 * count]
-            alphas, weights, classes = tensors[-3:]
+            alphas, weights, classes, method, absolute = tensors[-5:]
             return attribute(
                 self._forward,
                 list(inputs),
                 list(starts),
                 alphas=alphas,
                 weights=weights,
-                noise=list(noise) if noisy else None,
+                noise=list(noise),
                 class_index=classes,
                 method=method,
                 absolute=absolute,
@@ -103,13 +107,16 @@ class FunctionExplainer:
         def spec(name: str, extra: int = 0) -> tf.TensorSpec:
             return tf.TensorSpec((None, None, *([None] * extra), *self.shapes[name]), dtype)
 
+        # every method's points carry noise: zeros of one element per dimension (broadcast) where it has none
         signature = (
             *(spec(name) for name in self.names),
             *(spec(name) for name in self.names),
-            *(spec(name, 1) if noisy else tf.TensorSpec((0,), dtype) for name in self.names),
+            *(spec(name, 1) for name in self.names),
             tf.TensorSpec((None,), dtype),
             tf.TensorSpec((None,), dtype),
             tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((), tf.bool),
         )
         function = tf.function(explain, input_signature=signature, autograph=False, jit_compile=jit)
         return function.get_concrete_function()
@@ -144,7 +151,7 @@ class FunctionExplainer:
         if large and bucket * per_instance <= self.max_elements:
             compiled = (evaluated.method, evaluated.absolute, evaluated.noisy, bucket)
             try:
-                found = self._call(self._concrete(evaluated, True), evaluated, job, bounds=bounds, rows=bucket)
+                found = self._call(self._concrete(True), evaluated, job, bounds=bounds, rows=bucket)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
                 if compiled in self._xla_answered:
                     raise  # XLA compiled this shape before: the error is the call's own, not XLA's
@@ -153,7 +160,7 @@ class FunctionExplainer:
                 self._xla_answered.add(compiled)
                 self.xla_calls += 1
                 return found
-        return self._call(self._concrete(evaluated, False), evaluated, job, bounds=bounds, rows=rows)
+        return self._call(self._concrete(False), evaluated, job, bounds=bounds, rows=rows)
 
     def _call(
         self, concrete: Any, evaluated: Evaluation, job: AttributionInputs, *, bounds: tuple[int, int], rows: int
@@ -166,8 +173,10 @@ class FunctionExplainer:
                 piece = np.concatenate([piece, np.repeat(piece[-1:], rows - (end - start), axis=0)])
             return tf.constant(piece[None])
 
-        empty = tf.zeros((0,), self.dtype)
-        noise = [rows_of(n) for n in job.noise] if job.noise is not None else [empty] * len(self.names)
+        if job.noise is not None:
+            noise = [rows_of(n) for n in job.noise]
+        else:
+            noise = [tf.zeros((1, 1, 1, *self.shapes[name]), self.dtype) for name in self.names]
         out = concrete(
             *(rows_of(x) for x in job.inputs),
             *(rows_of(b) for b in job.starts),
@@ -175,8 +184,15 @@ class FunctionExplainer:
             tf.constant(evaluated.alphas),
             tf.constant(evaluated.weights),
             rows_of(job.class_index),
+            tf.constant(METHODS.index(evaluated.method), tf.int32),
+            tf.constant(evaluated.absolute),
         )
-        return {name: value.numpy()[0, : end - start] for name, value in out.items()}
+        integrates = evaluated.method == INTEGRATED
+        return {
+            name: value.numpy()[0, : end - start]
+            for name, value in out.items()
+            if integrates or name not in COMPLETENESS
+        }
 
 
 def _join(jobs: Sequence[AttributionInputs]) -> AttributionInputs:

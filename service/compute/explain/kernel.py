@@ -13,6 +13,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from service.vocabulary import METHODS
+
 Forward = Callable[[Sequence[Any]], Any]
 """F: one (R, P, *shape) tensor per input -> (R, P, units) outputs."""
 
@@ -43,15 +45,20 @@ def attribute(
     weights: Any,
     noise: Sequence[Any] | None,
     class_index: Any,
-    method: str,
-    absolute: bool,
+    method: str | Any,
+    absolute: bool | Any,
 ) -> dict[str, Any]:
     """Attributions of R requests × N instances, F's outputs and the completeness terms.
 
-    inputs, starts: (R, N, *shape) per input; alphas, weights: (m,); noise: (R, N, m, *shape) per input or
-    None; class_index: (R, N) int32, −1 for the predicted class. Returns `predictions` (R, N, units),
-    `classes` (R, N), `prediction` F(x) (R, N), `attributions_<i>` (R, N, *shape) per input, and for
-    integrated gradients `baseline_prediction` F(b) and `convergence_delta` Σ attributions − (F(x) − F(b)).
+    inputs, starts: (R, N, *shape) per input; alphas, weights: (m,); noise: (R, N, m, *shape) per input (or
+    any shape that broadcasts to it) or None; class_index: (R, N) int32, −1 for the predicted class. Returns
+    `predictions` (R, N, units), `classes` (R, N), `prediction` F(x) (R, N), `attributions_<i>` (R, N, *shape)
+    per input, and for integrated gradients `baseline_prediction` F(b) and `convergence_delta`
+    Σ attributions − (F(x) − F(b)).
+
+    `method` and `absolute` are either a method's name and a bool, fixed when the graph is built, or scalar
+    tensors, chosen at each call: an int32 index into `METHODS` and a bool. Then one graph serves every
+    method, and the two completeness terms are always returned (zeros unless the method integrates).
     """
     predictions = forward(inputs)
     units = predictions.shape[-1]
@@ -77,15 +84,37 @@ def attribute(
         rank = len(x.shape) - 2
         per_point = tf.reshape(gradient, tf.concat([tf.shape(x)[:2], [steps], tf.shape(x)[2:]], axis=0))
         mean = tf.reduce_sum(per_point * tf.reshape(weights, (1, 1, -1) + (1,) * rank), axis=2)
-        if method == "integrated_gradients":
-            attributions = (x - b) * mean
-        elif method == "gradient_x_input":
-            attributions = x * mean
-        else:  # saliency, smoothgrad: the (mean) gradient itself
-            attributions = tf.abs(mean) if absolute else mean
+        attributions = _combined(method, absolute, x, b, mean)
         out[f"attributions_{i}"] = attributions
         total += tf.reduce_sum(tf.reshape(attributions, tf.concat([tf.shape(x)[:2], [-1]], axis=0)), axis=2)
-    if method == "integrated_gradients":
-        out["baseline_prediction"] = _selected(forward(starts), classes)
-        out["convergence_delta"] = total - (out["prediction"] - out["baseline_prediction"])
+    if isinstance(method, str) and method != INTEGRATED:
+        return out
+    if isinstance(method, str):
+        baseline = _selected(forward(starts), classes)
+    else:  # F(b) only where the chosen method integrates: one more forward pass of N rows otherwise
+        baseline = tf.cond(
+            tf.equal(method, METHODS.index(INTEGRATED)),
+            lambda: _selected(forward(starts), classes),
+            lambda: tf.zeros_like(out["prediction"]),
+        )
+    out["baseline_prediction"] = baseline
+    out["convergence_delta"] = total - (out["prediction"] - baseline)
     return out
+
+
+INTEGRATED = "integrated_gradients"
+
+
+def _combined(method: str | Any, absolute: bool | Any, x: Any, b: Any, mean: Any) -> Any:
+    """One input's attributions from its (weighted mean) gradient `mean`, for a fixed or a chosen method."""
+    if not isinstance(method, str):
+        branches = [lambda name=name: _combined(name, absolute, x, b, mean) for name in METHODS]
+        return tf.switch_case(method, branches)
+    if method == INTEGRATED:
+        return (x - b) * mean
+    if method == "gradient_x_input":
+        return x * mean
+    # saliency, smoothgrad: the (mean) gradient itself
+    if isinstance(absolute, bool):
+        return tf.abs(mean) if absolute else mean
+    return tf.where(absolute, tf.abs(mean), mean)

@@ -78,8 +78,9 @@ WARM_METHODS = (
     ExplainOptions(method="gradient_x_input"),
     ExplainOptions(method="smoothgrad"),
 )
-"""The explanations a version runs before it serves: every method's compiled function with §10's defaults
-(one per method: step and instance counts share it below XLA_ELEMENTS)."""
+"""The explanations a version runs before it serves, with §10's defaults: the first traces the one compiled
+function every method, step count and instance count shares below XLA_ELEMENTS; the others run each method's
+branch of it once."""
 
 
 def warm_explanations(served: Any, signature: str, zeros: dict[str, np.ndarray], max_elements: int) -> None:
