@@ -18,6 +18,7 @@ from service.compute.models.spec import DEFAULT_SIGNATURE
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_error_handlers
+from service.heap import settle_collector
 from service.http import RequestContextMiddleware, call_self
 from service.methods import install_methods
 from service.models import ModelRepository
@@ -57,6 +58,7 @@ async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
         status = await call_self(app, "POST", path, body, headers)
         if status != 200:
             logger.debug("a warm-up request to %s answered %s", path, status)
+    settle_collector()
     app.state.http_warm = True
 
 
@@ -104,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models.start(worker.pinned_device)
         app.state.http_warm = not settings.warmup
         warming = asyncio.create_task(warm_http(app, worker, settings)) if settings.warmup else None
+        if warming is None:
+            settle_collector()  # nothing more to warm
         try:
             yield
         finally:

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service import logrelay
+from service import heap, logrelay
 
 TENSORFLOW_LOG_DEFAULTS = {
     # TensorFlow's C++ INFO and WARNING chatter off; errors still print (as JSON, through service.logrelay)
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     # descriptors 1 and 2 go through the relay before TensorFlow loads and prints its first native line
     log_stream = logrelay.start()
+    heap.pause_collector()  # until the app has warmed up (service/heap.py)
     from service import serving  # noqa: PLC0415 - the serving stack (TensorFlow) loads only to serve, not for --help
 
     return serving.serve(host=args.host, port=args.port, log_stream=log_stream)

@@ -1,4 +1,5 @@
-"""How much freed memory the serving process's C heap keeps for the next request (glibc's malloc only).
+"""The serving process's memory: how much freed memory its C heap keeps for the next request (glibc's malloc
+only), and Python's cyclic collector around start-up.
 
 glibc serves an allocation of 128 KiB or more with fresh pages from the kernel and hands them back when it
 is freed, raising that threshold only as large blocks come and go. A large request's body, its parsed
@@ -6,12 +7,23 @@ arrays, its tensors and its rendered answer are each megabytes, made and freed o
 request would fault in thousands of fresh, zeroed pages (README, Performance). `keep_freed_memory` fixes
 both thresholds instead: blocks below 32 MiB (glibc's largest threshold) come from the heap, and up to
 `TAPESERVE_HEAP_KEEP_MB` of free memory stays at the heap's top for the next request.
+
+Start-up makes millions of objects that live as long as the process (TensorFlow's modules, the app, the
+compiled functions of the warm-ups, the models), and the cyclic collector walks the growing heap of them
+again and again while they are made: about a third of TensorFlow's import and a tenth of the warm-ups.
+`pause_collector` stops it before the serving stack is imported; `settle_collector`, once everything is
+warm, moves everything out of the collector's sight (so the collections a large request triggers later walk
+only its own objects) and turns it on again. Start-up leaves few cycles behind (about 4,500 unreachable
+objects among 600,000 with the example model), so they are frozen with the rest rather than found by a
+full collection, which would take 0.3–0.4 s on the way to ready.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
+import threading
 
 M_TRIM_THRESHOLD = -1
 """glibc's `mallopt` parameter: free memory at the heap's top beyond this goes back to the kernel."""
@@ -35,3 +47,23 @@ def keep_freed_memory(megabytes: int) -> bool:
     kept = megabytes * 1024 * 1024
     # mallopt answers 1 on success; setting either threshold also stops glibc's own adjustment of both
     return bool(mallopt(M_MMAP_THRESHOLD, min(kept, LARGEST_MMAP_THRESHOLD)) and mallopt(M_TRIM_THRESHOLD, kept))
+
+
+_paused = threading.Event()
+"""Set while the collector is off because `pause_collector` turned it off."""
+
+
+def pause_collector() -> None:
+    """Stop the cyclic collector for start-up, until `settle_collector`."""
+    if gc.isenabled():
+        gc.disable()
+        _paused.set()
+
+
+def settle_collector() -> None:
+    """Start-up is over: freeze what the process holds now, and turn the collector back on if
+    `pause_collector` stopped it."""
+    gc.freeze()
+    if _paused.is_set():
+        gc.enable()
+        _paused.clear()

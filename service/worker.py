@@ -15,7 +15,6 @@ The worker knows no engine by name.
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import logging
 import os
@@ -330,9 +329,6 @@ class Worker:
         with tf.device(self.pinned_device):
             if self.settings.warmup:
                 self._warm(lane)
-            # everything long-lived is loaded now (TensorFlow, the app, compiled functions): moving it out of
-            # the collector's sight makes the collections a large JSON body triggers ~10x cheaper
-            gc.freeze()
             lane.ready.set()
             self._loop(lane)
 

@@ -1,13 +1,19 @@
-"""The C heap keeps freed memory for the next request: glibc's page faults of a repeated large allocation,
-kept against glibc's defaults, each in a fresh interpreter (the thresholds are the process's)."""
+"""The serving process's memory. The C heap keeps freed memory for the next request: glibc's page faults of a
+repeated large allocation, kept against glibc's defaults. The cyclic collector is off from `tapeserve serve`'s
+start until the app has warmed up, then on again with start-up's objects frozen. Each in a fresh interpreter
+where the state is the process's (glibc's thresholds, the collector)."""
 
 from __future__ import annotations
 
+import gc
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from service import cli, heap, logrelay, serving
 from service.heap import keep_freed_memory
 from service.settings import Settings
 
@@ -58,3 +64,73 @@ def test_zero_changes_nothing() -> None:
 def test_the_setting_is_bounded(megabytes: int) -> None:
     with pytest.raises(ValueError, match="heap_keep_mb"):
         Settings(heap_keep_mb=megabytes)
+
+
+COLLECTOR = """
+import gc, json, sys, time
+from service import heap
+
+states = {}
+# a collector someone else turned off stays off
+gc.disable()
+heap.pause_collector()
+heap.settle_collector()
+states["off before"] = gc.isenabled()
+gc.enable()
+gc.unfreeze()
+
+heap.pause_collector()
+states["paused"] = gc.isenabled()
+heap.pause_collector()  # twice: still paused, and settled once
+heap.settle_collector()
+states["settled"] = [gc.isenabled(), gc.get_freeze_count() > 0]
+gc.unfreeze()
+
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+
+for warmup in (False, True):
+    heap.pause_collector()
+    settings = Settings(model_dir=sys.argv[1], model_poll_s=0, warmup=warmup, cpu_logical_devices=2)
+    with TestClient(create_app(settings)) as client:
+        while client.get("/readyz").status_code != 200:
+            assert gc.isenabled() is not warmup  # paused until the warm-up ends (without one, from the start)
+            time.sleep(0.01)
+        states[f"served, warm-up {warmup}"] = [gc.isenabled(), gc.get_freeze_count()]
+    gc.unfreeze()
+print(json.dumps(states))
+"""
+
+
+def test_the_collector_is_paused_for_start_up_and_on_with_start_up_frozen_once_ready(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTOR, str(tmp_path)], capture_output=True, text=True, check=True, timeout=300
+    )
+    states = json.loads(done.stdout.splitlines()[-1])
+    assert states["off before"] is False
+    assert states["paused"] is False
+    assert states["settled"] == [True, True]
+    for warmup in (False, True):
+        enabled, frozen = states[f"served, warm-up {warmup}"]
+        assert enabled is True
+        assert frozen > 100_000  # TensorFlow's modules and the app's, at least
+
+
+def test_serve_pauses_the_collector_before_it_imports_the_serving_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def serve(**_: object) -> int:
+        seen.append(gc.isenabled())
+        return 0
+
+    monkeypatch.setattr(serving, "serve", serve)
+    monkeypatch.setattr(logrelay, "start", lambda: None)
+    assert gc.isenabled()
+    try:
+        assert cli.main(["serve", "--port", "8999"]) == 0
+    finally:
+        heap.settle_collector()  # as the app would have, once warm
+        gc.unfreeze()
+    assert seen == [False]
+    assert gc.isenabled()
