@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from service.compute.explain.function import FunctionExplainer
 from service.compute.explain.prepare import ExplainOptions, attribution_inputs, evaluation
+from service.vocabulary import MethodName as Method
 
 rng = np.random.default_rng(11)
 
@@ -165,3 +166,29 @@ def test_large_calls_run_xla_compiled_padded_and_answer_alike(tmp_path: Path, op
     assert (tight.xla_calls, xla.xla_calls) == (0, 1)
     np.testing.assert_allclose(alone.attributions[0], reference.attributions[0], rtol=1e-12)
     np.testing.assert_allclose(small.attributions[0], reference.attributions[0][:2], rtol=1e-10, atol=1e-15)
+
+
+def test_one_traced_function_answers_every_method_as_a_loop_of_tapes(tmp_path: Path) -> None:
+    model = saved_classifier(tmp_path)
+    explainer = FunctionExplainer(
+        lambda x: model(x["vitals"], training=False), {"vitals": (3,)}, "float64", max_elements=4_194_304
+    )
+    vitals = rng.normal(size=(3, 3))
+    classes = [int(np.argmax(model(vitals[n : n + 1]).numpy()[0])) for n in range(3)]
+    grads = np.array([gradient(model, {"vitals": vitals[n]}, classes[n])["vitals"] for n in range(3)])
+    expected: dict[tuple[Method, bool | None], np.ndarray] = {
+        ("saliency", True): np.abs(grads),
+        ("saliency", False): grads,
+        ("gradient_x_input", None): vitals * grads,
+    }
+    for (method, absolute), want in expected.items():  # None: the method's default
+        (result,) = explainer.run([job({"vitals": vitals}, ExplainOptions(method=method, absolute=absolute), 2)])
+        np.testing.assert_allclose(result.attributions[0], want, rtol=1e-9, atol=1e-15)
+        assert result.baseline_prediction is None and result.convergence_delta is None
+    # smoothgrad with no noise and 3 samples: the mean of 3 equal gradients
+    quiet = ExplainOptions(method="smoothgrad", samples=3, absolute=False)
+    (result,) = explainer.run([job({"vitals": vitals}, quiet, 2, noise_stddev={"vitals": 0.0})])
+    np.testing.assert_allclose(result.attributions[0], grads, rtol=1e-9, atol=1e-15)
+    (result,) = explainer.run([job({"vitals": vitals}, ExplainOptions(steps=8), 2)])
+    assert result.convergence_delta is not None and result.baseline_prediction is not None
+    assert explainer.traces == 1  # every method, absolute or not, with noise or without

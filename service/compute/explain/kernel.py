@@ -18,6 +18,9 @@ from service.vocabulary import METHODS
 Forward = Callable[[Sequence[Any]], Any]
 """F: one (R, P, *shape) tensor per input -> (R, P, units) outputs."""
 
+INTEGRATED = "integrated_gradients"
+"""The method whose answer has the completeness terms (its baseline's prediction, its convergence delta)."""
+
 
 def _points(x: Any, start: Any, alphas: Any, noise: Any | None) -> Any:
     """(R, N, *s) -> (R, N·m, *s): b + αₖ(x − b) (+ noise), instance-major (instance n's m points together)."""
@@ -100,9 +103,6 @@ def attribute(
     out["baseline_prediction"] = baseline
     out["convergence_delta"] = total - (out["prediction"] - baseline)
     return out
-
-
-INTEGRATED = "integrated_gradients"
 
 
 def _combined(method: str | Any, absolute: bool | Any, x: Any, b: Any, mean: Any) -> Any:
