@@ -90,19 +90,24 @@ def attribute(
         attributions = _combined(method, absolute, x, b, mean)
         out[f"attributions_{i}"] = attributions
         total += tf.reduce_sum(tf.reshape(attributions, tf.concat([tf.shape(x)[:2], [-1]], axis=0)), axis=2)
-    if isinstance(method, str) and method != INTEGRATED:
-        return out
-    if isinstance(method, str):
-        baseline = _selected(forward(starts), classes)
-    else:  # F(b) only where the chosen method integrates: one more forward pass of N rows otherwise
-        baseline = tf.cond(
-            tf.equal(method, METHODS.index(INTEGRATED)),
-            lambda: _selected(forward(starts), classes),
-            lambda: tf.zeros_like(out["prediction"]),
-        )
-    out["baseline_prediction"] = baseline
-    out["convergence_delta"] = total - (out["prediction"] - baseline)
+    baseline = _baseline(method, forward, starts, classes, out["prediction"])
+    if baseline is not None:
+        out["baseline_prediction"] = baseline
+        out["convergence_delta"] = total - (out["prediction"] - baseline)
     return out
+
+
+def _baseline(method: str | Any, forward: Forward, starts: Sequence[Any], classes: Any, prediction: Any) -> Any:
+    """F(b) of each instance's class where the method integrates: None for a fixed method that does not; for
+    a chosen one, under a `tf.cond` (zeros like `prediction` otherwise), so that the forward pass of the
+    baselines runs only when it is needed."""
+    if isinstance(method, str):
+        return _selected(forward(starts), classes) if method == INTEGRATED else None
+    return tf.cond(
+        tf.equal(method, METHODS.index(INTEGRATED)),
+        lambda: _selected(forward(starts), classes),
+        lambda: tf.zeros_like(prediction),
+    )
 
 
 def _combined(method: str | Any, absolute: bool | Any, x: Any, b: Any, mean: Any) -> Any:
