@@ -10,7 +10,7 @@ both thresholds instead: blocks below 32 MiB (glibc's largest threshold) come fr
 
 Start-up makes millions of objects that live as long as the process (TensorFlow's modules, the app, the
 compiled functions of the warm-ups, the models), and the cyclic collector walks the growing heap of them
-again and again while they are made: about a third of TensorFlow's import and a tenth of the warm-ups.
+again and again while they are made: about a third of TensorFlow's import and a sixth of the warm-ups.
 `pause_collector` stops it before the serving stack is imported; `settle_collector`, once everything is
 warm, moves everything out of the collector's sight (so the collections a large request triggers later walk
 only its own objects) and turns it on again. Start-up leaves few cycles behind (about 4,500 unreachable
