@@ -4,7 +4,8 @@ By role, so that what the adapters need never loads TensorFlow:
 
 * `problem`: `NetworkStructure` (the network), `NetworkSpec` (a request's structure), `NetworkProblem` (its
   arrays), `NetworkResult`; numpy only.
-* `prepare`: `prepare_network` validates one request's arrays and fixes its structure; numpy only.
+* `prepare`: `prepare_network` validates one request's arrays and fixes its structure, and
+  `prepare_small_network` does it in fewer steps for small nested lists; numpy only.
 * `packing`: where each array sits in the packed rows a compiled function takes and gives; numpy only.
 * `graph`: the TensorFlow function of R requests of one structure, bit for bit the same alone or merged.
 * `fastpath`: calling that function as its registered op (TensorFlow internals, isolated and tested).
@@ -15,7 +16,15 @@ This package exports what the adapters call; the vocabulary's tuples and the typ
 engine is `service.compute.networks.engine.NetworkEngine`.
 """
 
-from service.compute.networks.prepare import prepare_network, seed_problem
+from service.compute.networks.prepare import prepare_network, prepare_small_network, seed_problem
 from service.compute.networks.problem import SEED_FEATURES, SEED_WEIGHTS, NetworkProblem, NetworkResult
 
-__all__ = ["SEED_FEATURES", "SEED_WEIGHTS", "NetworkProblem", "NetworkResult", "prepare_network", "seed_problem"]
+__all__ = [
+    "SEED_FEATURES",
+    "SEED_WEIGHTS",
+    "NetworkProblem",
+    "NetworkResult",
+    "prepare_network",
+    "prepare_small_network",
+    "seed_problem",
+]

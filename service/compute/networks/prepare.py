@@ -1,10 +1,12 @@
 """Validation of one network request with numpy: `prepare_network` checks the arrays against each other and
-fixes the request's structure (`NetworkSpec`). Errors name locations relative to `prepare_network`'s own
-arguments ("features", ("layers", i, "weights"), "labels", ...)."""
+fixes the request's structure (`NetworkSpec`); `prepare_small_network` finds the same for the common small
+request in fewer steps. Errors name locations relative to `prepare_network`'s own arguments ("features",
+("layers", i, "weights"), "labels", ...)."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +31,12 @@ from service.compute.networks.problem import (
     spec_of,
 )
 from service.vocabulary import ACTIVATIONS, DEFAULT_ALPHA
+
+SMALL = 64
+"""Tensors of at most this many elements may take `prepare_small_network`'s way."""
+_FLOAT_BOUNDS = {"float32": float(np.finfo(np.float32).max), "float64": sys.float_info.max}
+_EXACT_INTEGER = 2**53
+_INCLUDE_SET = frozenset(INCLUDES)
 
 
 def _plural(count: int, word: str) -> str:
@@ -214,7 +222,7 @@ def _check_options(dtype: str, bias: str, loss: str, reduction: str, includes: I
     _choice(loss, LOSSES, ("loss",), "loss")
     _choice(reduction, REDUCTIONS, ("reduction",), "reduction")
     include_set = frozenset(includes)
-    unknown = sorted(include_set - set(INCLUDES))
+    unknown = sorted(include_set - _INCLUDE_SET)
     if unknown:
         raise InvalidInput(
             f"unknown include {', '.join(map(repr, unknown))}; expected any of {', '.join(INCLUDES)}", ("include",)
@@ -293,6 +301,113 @@ def prepare_network(
     spec = spec_of((layer_shapes, tuple(activations), bias, dtype, loss, reduction, include_set, single), samples)
     return NetworkProblem(
         spec=spec, features=rows, targets=target_rows, weights=prepared_weights, alphas=prepared_alphas
+    )
+
+
+def small_array(value: Any, dtype: FloatDType, max_elements: int) -> Array | None:
+    """`value` as an array of `dtype` when it is a non-empty rank-1 or rank-2 nested list of at most `SMALL`
+    (and `max_elements`) plain numbers: floats that `dtype` holds as finite numbers, and ints of at most 2**53
+    in magnitude (exact as floats); None for anything else. numpy reads the list as the codec reads it, so
+    the array is the one the codec and `prepare_network` make of the same value."""
+    bound = _FLOAT_BOUNDS.get(dtype)
+    if type(value) is not list or not value or bound is None:
+        return None
+    rows = value if type(value[0]) is list else (value,)
+    width = len(rows[0])
+    if width == 0 or len(rows) * width > min(SMALL, max_elements):
+        return None
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            return None
+        for item in row:
+            kind = type(item)
+            if kind is float:
+                if not -bound <= item <= bound:
+                    return None
+            elif kind is not int or not -_EXACT_INTEGER <= item <= _EXACT_INTEGER:
+                return None
+    array = np.asarray(value)
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def _small_shapes(inputs: int, matrices: Sequence[Array], bias: str) -> tuple[tuple[int, int], ...] | None:
+    """The layers' weight shapes when every matrix takes the layer before's outputs (`_check_weights`'
+    rule), else None."""
+    shapes = []
+    for matrix in matrices:
+        if matrix.ndim != 2 or matrix.shape[1] != (inputs + 1 if bias == "augmented" else inputs):
+            return None
+        units, columns = matrix.shape
+        shapes.append((units, columns))
+        inputs = units
+    return tuple(shapes)
+
+
+def _plain_options(
+    dtype: str,
+    bias: str,
+    loss: str,
+    reduction: str,
+    *,
+    includes: frozenset[str],
+    activations: Sequence[str],
+    alphas: Sequence[float | None] | None,
+) -> bool:
+    """Whether `_check_options`, `_check_activations` and `_check_alphas` pass these as they are, with no alpha
+    given (every layer then takes the default)."""
+    return (
+        dtype in FLOAT_DTYPES
+        and bias in BIASES
+        and loss in LOSSES
+        and reduction in REDUCTIONS
+        and includes <= _INCLUDE_SET
+        and all(activation in ACTIVATIONS for activation in activations)
+        and (alphas is None or all(alpha is None for alpha in alphas))
+    )
+
+
+def prepare_small_network(
+    features: Any,
+    *,
+    labels: int | Sequence[int] | None = None,
+    targets: Any = None,
+    weights: Sequence[Any],
+    activations: Sequence[str],
+    alphas: Sequence[float | None] | None = None,
+    bias: Bias = "augmented",
+    loss: Loss = "cross_entropy",
+    reduction: Reduction = "sum",
+    dtype: FloatDType = "float32",
+    includes: Iterable[str] = (),
+    max_elements: int,
+) -> NetworkProblem | None:
+    """`prepare_network`'s problem for a request whose features, weights and targets are nested lists that
+    `small_array` takes (a patient or a few, and a small network: the common request), found without the
+    numpy checks that such lists cannot fail, with no layer's alpha given. None for any other request:
+    `prepare_network` then takes it and words its errors. What this raises (a label or target that does not
+    fit) is what `prepare_network` raises first for the same request."""
+    rows = small_array(features, dtype, max_elements)
+    read = (small_array(matrix, dtype, max_elements) for matrix in weights)
+    matrices = [matrix for matrix in read if matrix is not None]
+    goal = None if targets is None else small_array(targets, dtype, max_elements)
+    if rows is None or (targets is not None and goal is None) or not len(weights) == len(matrices) == len(activations):
+        return None
+    layer_shapes = _small_shapes(rows.shape[-1], matrices, bias) if matrices else None
+    if layer_shapes is None:
+        return None
+    include_set = frozenset(includes)
+    if not _plain_options(dtype, bias, loss, reduction, includes=include_set, activations=activations, alphas=alphas):
+        return None
+    single = rows.ndim == 1
+    samples = 1 if single else rows.shape[0]
+    target_rows = _check_goal(labels, goal, single=single, samples=samples, units=layer_shapes[-1][0], dtype=dtype)
+    spec = spec_of((layer_shapes, tuple(activations), bias, dtype, loss, reduction, include_set, single), samples)
+    return NetworkProblem(
+        spec=spec,
+        features=rows.reshape(samples, -1),
+        targets=target_rows,
+        weights=tuple(matrices),
+        alphas=(DEFAULT_ALPHA,) * len(matrices),
     )
 
 
