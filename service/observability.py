@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import sys
 import threading
@@ -45,12 +46,31 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 }
 
 
+_second: list[Any] = [None, ""]
+"""The last whole second `timestamp` wrote and its text up to the seconds."""
+
+
+def timestamp(created: float) -> str:
+    """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, the date and time of day
+    formatted once per second: microseconds rounded half to even as `fromtimestamp` rounds them, then
+    the milliseconds cut as `isoformat` cuts them."""
+    whole = math.floor(created)
+    micro = round((created - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    second, text = _second
+    if whole != second:
+        text = datetime.fromtimestamp(whole, UTC).isoformat()[:19]
+        _second[:] = [whole, text]  # one list assignment: another thread reads a matching pair
+    return f"{text}.{micro // 1000:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then every `extra=` field (request_id, status, ...)."""
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -69,7 +89,7 @@ class JsonFormatter(logging.Formatter):
         """What `format` writes for the access record `"%s %s %d" % (method, path, status)` with `extra`,
         logged at `created`: the same object, built without a `LogRecord`."""
         document: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "ts": timestamp(created),
             "level": "INFO",
             "logger": access_logger.name,
             "msg": f"{method} {path} {status}",

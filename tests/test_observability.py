@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -302,6 +305,21 @@ def test_access_lines_written_directly_equal_those_logging_writes() -> None:
         "status": 200,
         "duration_ms": 1.234,
     }
+
+
+def test_log_timestamps_are_what_datetime_writes() -> None:
+    # every millisecond of two seconds, and times either side of each rounding edge: microseconds round
+    # half to even (999999.5 µs is the next second), milliseconds are cut
+    start = 1_796_700_000
+    times = [start + step / 1000 for step in range(2000)]
+    times += [start + fraction for fraction in (0.9999995, 0.9999994, 0.0004995, 0.0005, 0.9995, 0.5000005)]
+    times += [math.nextafter(value, direction) for value in times[-6:] for direction in (0, 2 * start)]
+    rng = np.random.default_rng(5)
+    times += (rng.uniform(0, 4e9, size=20_000)).tolist()
+    for created in times:
+        assert observability.timestamp(created) == datetime.fromtimestamp(created, UTC).isoformat(
+            timespec="milliseconds"
+        ), created
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -35,6 +35,7 @@ from service.vocabulary import ACTIVATIONS, DEFAULT_ALPHA
 SMALL = 64
 """Tensors of at most this many elements may take `prepare_small_network`'s way."""
 _FLOAT_BOUNDS = {"float32": float(np.finfo(np.float32).max), "float64": sys.float_info.max}
+_DTYPES = {name: np.dtype(name) for name in _FLOAT_BOUNDS}
 _EXACT_INTEGER = 2**53
 _INCLUDE_SET = frozenset(INCLUDES)
 
@@ -307,8 +308,8 @@ def prepare_network(
 def small_array(value: Any, dtype: FloatDType, max_elements: int) -> Array | None:
     """`value` as an array of `dtype` when it is a non-empty rank-1 or rank-2 nested list of at most `SMALL`
     (and `max_elements`) plain numbers: floats that `dtype` holds as finite numbers, and ints of at most 2**53
-    in magnitude (exact as floats); None for anything else. numpy reads the list as the codec reads it, so
-    the array is the one the codec and `prepare_network` make of the same value."""
+    in magnitude (exact as floats); None for anything else. The array equals the one the codec and
+    `prepare_network` make of the same value."""
     bound = _FLOAT_BOUNDS.get(dtype)
     if type(value) is not list or not value or bound is None:
         return None
@@ -326,8 +327,9 @@ def small_array(value: Any, dtype: FloatDType, max_elements: int) -> Array | Non
                     return None
             elif kind is not int or not -_EXACT_INTEGER <= item <= _EXACT_INTEGER:
                 return None
-    array = np.asarray(value)
-    return array if array.dtype == dtype else array.astype(dtype)
+    # each number converted once, straight to dtype: the same values as numpy's int64 or float64 array cast
+    # to dtype, as every number here is exact as a float64
+    return np.array(value, dtype=_DTYPES[dtype])
 
 
 def _small_shapes(inputs: int, matrices: Sequence[Array], bias: str) -> tuple[tuple[int, int], ...] | None:
