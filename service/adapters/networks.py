@@ -72,17 +72,10 @@ def small_network_problem(body: NetworkRequest, max_elements: int) -> NetworkPro
     its per-call steps were a quarter of the event loop's time per request under load."""
     layers = body.layers
     return prepare_small_network(
-        body.features,
+        (body.features, [layer.weights for layer in layers], body.targets),
         labels=body.labels,
-        targets=body.targets,
-        weights=[layer.weights for layer in layers],
-        activations=[layer.activation for layer in layers],
-        alphas=[layer.alpha for layer in layers],
-        bias=body.bias,
-        loss=body.loss,
-        reduction=body.reduction,
-        dtype=body.dtype,
-        includes=body.include,
+        layers=([layer.activation for layer in layers], [layer.alpha for layer in layers]),
+        options=(body.bias, body.loss, body.reduction, body.dtype, body.include),
         max_elements=max_elements,
     )
 

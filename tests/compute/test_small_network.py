@@ -120,22 +120,41 @@ def assert_same_problem(small: NetworkProblem, other: NetworkProblem) -> None:
         np.testing.assert_array_equal(mine, theirs)
 
 
+def small(request: dict[str, Any]) -> NetworkProblem | None:
+    """`prepare_small_network` on a request given as `prepare_network`'s keyword arguments (and max_elements),
+    its defaults where one is missing."""
+    get = request.get
+    return prepare_small_network(
+        (request["features"], request["weights"], get("targets")),
+        labels=get("labels"),
+        layers=(request["activations"], get("alphas")),
+        options=(
+            get("bias", "augmented"),
+            get("loss", "cross_entropy"),
+            get("reduction", "sum"),
+            get("dtype", "float32"),
+            get("includes", ()),
+        ),
+        max_elements=request["max_elements"],
+    )
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_the_small_way_gives_what_the_other_way_gives(request: dict[str, Any]) -> None:
     try:
-        small = prepare_small_network(request["features"], **{k: v for k, v in request.items() if k != "features"})
+        answer = small(request)
     except InvalidInput as error:
         event("the small way raised")
         with pytest.raises(InvalidInput) as other:
             the_other_way(request)
         assert (other.value.message, other.value.loc) == (error.message, error.loc)
         return
-    if small is None:
+    if answer is None:
         event("left to the other way")
         return
     event("the small way answered")
-    assert_same_problem(small, the_other_way(request))
+    assert_same_problem(answer, the_other_way(request))
 
 
 def seed(**changes: Any) -> dict[str, Any]:
@@ -148,10 +167,6 @@ def seed(**changes: Any) -> dict[str, Any]:
         "max_elements": LARGE,
     }
     return {**request, **changes}
-
-
-def small(request: dict[str, Any]) -> NetworkProblem | None:
-    return prepare_small_network(request["features"], **{k: v for k, v in request.items() if k != "features"})
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -369,25 +369,23 @@ def _plain_options(
 
 
 def prepare_small_network(
-    features: Any,
+    tensors: tuple[Any, Sequence[Any], Any],
     *,
-    labels: int | Sequence[int] | None = None,
-    targets: Any = None,
-    weights: Sequence[Any],
-    activations: Sequence[str],
-    alphas: Sequence[float | None] | None = None,
-    bias: Bias = "augmented",
-    loss: Loss = "cross_entropy",
-    reduction: Reduction = "sum",
-    dtype: FloatDType = "float32",
-    includes: Iterable[str] = (),
+    labels: int | Sequence[int] | None,
+    layers: tuple[Sequence[str], Sequence[float | None] | None],
+    options: tuple[Bias, Loss, Reduction, FloatDType, Iterable[str]],
     max_elements: int,
 ) -> NetworkProblem | None:
     """`prepare_network`'s problem for a request whose features, weights and targets are nested lists that
     `small_array` takes (a patient or a few, and a small network: the common request), found without the
     numpy checks that such lists cannot fail, with no layer's alpha given. None for any other request:
     `prepare_network` then takes it and words its errors. What this raises (a label or target that does not
-    fit) is what `prepare_network` raises first for the same request."""
+    fit) is what `prepare_network` raises first for the same request.
+
+    `prepare_network`'s arguments come grouped: `tensors` (features, weights, targets), `layers`
+    (activations, alphas) and `options` (bias, loss, reduction, dtype, includes)."""
+    (features, weights, targets), (activations, alphas) = tensors, layers
+    bias, loss, reduction, dtype, includes = options
     rows = small_array(features, dtype, max_elements)
     read = (small_array(matrix, dtype, max_elements) for matrix in weights)
     matrices = [matrix for matrix in read if matrix is not None]
