@@ -75,8 +75,9 @@ class FunctionExplainer:
         """Concrete functions traced so far (a request that finds its function traced adds none)."""
         self.xla_calls = 0
         """Calls that ran XLA-compiled."""
-        self._xla_answered: set[tuple[str, bool, bool, int]] = set()
-        """(method, absolute, noisy, bucket) that XLA has compiled and answered once (as compiled._Bucketed)."""
+        self._xla_answered: set[tuple[bool, int, int]] = set()
+        """(noisy, evaluations, bucket) that XLA has compiled and answered once (as compiled._Bucketed): the shapes
+        the one program takes; the method and |·| are values of its inputs, not shapes."""
 
     def _concrete(self, jit: bool) -> Any:
         with self._lock:
@@ -149,7 +150,7 @@ class FunctionExplainer:
         bucket = next_power_of_two(rows)
         large = self.xla_elements is not None and bucket * per_instance >= self.xla_elements
         if large and bucket * per_instance <= self.max_elements:
-            compiled = (evaluated.method, evaluated.absolute, evaluated.noisy, bucket)
+            compiled = (evaluated.noisy, evaluated.evaluations, bucket)
             try:
                 found = self._call(self._concrete(True), evaluated, job, bounds=bounds, rows=bucket)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
