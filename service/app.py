@@ -39,7 +39,16 @@ shapes and values. Errors are RFC 9457 `application/problem+json`.
 
 
 async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
-    """Seed requests through the whole stack, so the first client's request is as fast as the tenth."""
+    """Seed requests through the whole stack, so the first client's request is as fast as the tenth; the
+    cyclic collector is settled when this ends, however it ends (service/heap.py)."""
+    try:
+        await _warm_requests(app, worker, settings)
+    finally:
+        settle_collector()
+    app.state.http_warm = True
+
+
+async def _warm_requests(app: FastAPI, worker: Worker, settings: Settings) -> None:
     await worker.wait_ready()
     headers = [(b"content-type", b"application/json"), (b"x-request-id", b"warm-up")]
     if settings.api_key_list:
@@ -58,8 +67,6 @@ async def warm_http(app: FastAPI, worker: Worker, settings: Settings) -> None:
         status = await call_self(app, "POST", path, body, headers)
         if status != 200:
             logger.debug("a warm-up request to %s answered %s", path, status)
-    settle_collector()
-    app.state.http_warm = True
 
 
 def model_warm_ups(models: ModelRepository) -> list[tuple[str, bytes]]:

@@ -5,14 +5,17 @@ where the state is the process's (glibc's thresholds, the collector)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from service import app as app_module
 from service import cli, heap, logrelay, serving
 from service.heap import keep_freed_memory
 from service.settings import Settings
@@ -134,3 +137,20 @@ def test_serve_pauses_the_collector_before_it_imports_the_serving_stack(monkeypa
         gc.unfreeze()
     assert seen == [False]
     assert gc.isenabled()
+
+
+def test_a_warm_up_that_fails_still_turns_the_collector_back_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing(*_: object) -> None:
+        raise RuntimeError("a warm-up request failed")
+
+    monkeypatch.setattr(app_module, "_warm_requests", failing)
+    app = SimpleNamespace(state=SimpleNamespace(http_warm=False))
+    heap.pause_collector()
+    try:
+        with pytest.raises(RuntimeError, match="warm-up request failed"):
+            asyncio.run(app_module.warm_http(app, None, Settings()))  # type: ignore[arg-type]
+        assert gc.isenabled()
+        assert app.state.http_warm is False  # not ready: /readyz keeps answering 503
+    finally:
+        heap.settle_collector()
+        gc.unfreeze()
