@@ -93,6 +93,8 @@ class _CompiledExplanation:
         )
         self.concrete = tf.function(explain, input_signature=signature, autograph=False, jit_compile=jit)
         self.concrete = self.concrete.get_concrete_function()
+        self.no_noise = tf.zeros((0,), dtype)
+        """The noise input of every call without noise: one constant, made here rather than on each call."""
 
     def __call__(self, jobs: Sequence[NetworkExplanation], parts: Sequence[tuple[int, int, int]], rows: int) -> Any:
         """Run parts (job, first instance, end) padded to `rows` instances each; outputs per part, cut to size."""
@@ -111,7 +113,7 @@ class _CompiledExplanation:
 
         first = jobs[parts[0][0]]
         dtype = self.structure.dtype
-        noise = stacked(lambda job: job.attribution.noise[0]) if first.evaluation.noisy else tf.zeros((0,), dtype)
+        noise = stacked(lambda job: job.attribution.noise[0]) if first.evaluation.noisy else self.no_noise
         outputs = self.concrete(
             stacked(lambda job: job.attribution.inputs[0]),
             stacked(lambda job: job.attribution.starts[0]),
