@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from service.compute.buckets import next_power_of_two, power_of_two_at_most
+from service.compute.fastpath import structured_call
 from service.compute.lru import LruCache
 
 Arrays = dict[str, np.ndarray]
@@ -75,10 +76,12 @@ class _Bucketed:
         self.graph, self.specs, self.jit = graph, specs, jit
         self.verified = False
         self.concrete = tf.function(graph, jit_compile=jit).get_concrete_function(*specs)
+        self.call: Callable[..., Any] = self.concrete
+        """How calls after the first run: the function's op itself where `fastpath` applies."""
 
     def __call__(self, inputs: dict[str, Any], extras: dict[str, Any]) -> Any:
         if self.verified:
-            return self.concrete(inputs, extras)
+            return self.call(inputs, extras)
         try:
             result = self.concrete(inputs, extras)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
@@ -88,6 +91,7 @@ class _Bucketed:
             self.concrete = tf.function(self.graph).get_concrete_function(*self.specs)
             result = self.concrete(inputs, extras)
         self.verified = True
+        self.call = structured_call(self.concrete) or self.concrete
         return result
 
 

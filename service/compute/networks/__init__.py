@@ -7,8 +7,8 @@ By role, so that what the adapters need never loads TensorFlow:
 * `prepare`: `prepare_network` validates one request's arrays and fixes its structure, and
   `prepare_small_network` does it in fewer steps for small nested lists; numpy only.
 * `packing`: where each array sits in the packed rows a compiled function takes and gives; numpy only.
-* `graph`: the TensorFlow function of R requests of one structure, bit for bit the same alone or merged.
-* `fastpath`: calling that function as its registered op (TensorFlow internals, isolated and tested).
+* `graph`: the TensorFlow function of R requests of one structure, bit for bit the same alone or merged;
+  the engine calls it as its registered op (`service.compute.fastpath`).
 * `engine`: `NetworkEngine`, the bounded cache of compiled functions; merges problems of one spec into one
   call and splits the answer back. Imported by the worker's engines only.
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from service.compute.buckets import next_power_of_two
+from service.compute.fastpath import fastest_call
 from service.compute.lru import LruCache
-from service.compute.networks.fastpath import fastest_call
 from service.compute.networks.graph import trace
 from service.compute.networks.packing import Layout
 from service.compute.networks.prepare import seed_problem
