@@ -20,6 +20,7 @@ from service.compute.buckets import next_power_of_two, power_of_two_at_most
 from service.compute.errors import LimitExceeded
 from service.compute.explain.kernel import Forward, attribute
 from service.compute.explain.prepare import Array, NetworkExplanation
+from service.compute.fastpath import structured_call
 from service.compute.lru import LruCache
 from service.compute.networks.graph import activate
 from service.compute.networks.problem import NetworkStructure
@@ -93,6 +94,8 @@ class _CompiledExplanation:
         )
         self.concrete = tf.function(explain, input_signature=signature, autograph=False, jit_compile=jit)
         self.concrete = self.concrete.get_concrete_function()
+        self.call = structured_call(self.concrete) or self.concrete
+        """The function's op itself, where `fastpath` applies."""
         self.no_noise = tf.zeros((0,), dtype)
         """The noise input of every call without noise: one constant, made here rather than on each call."""
 
@@ -114,7 +117,7 @@ class _CompiledExplanation:
         first = jobs[parts[0][0]]
         dtype = self.structure.dtype
         noise = stacked(lambda job: job.attribution.noise[0]) if first.evaluation.noisy else self.no_noise
-        outputs = self.concrete(
+        outputs = self.call(
             stacked(lambda job: job.attribution.inputs[0]),
             stacked(lambda job: job.attribution.starts[0]),
             tf.constant(first.evaluation.alphas),

@@ -24,6 +24,7 @@ from service.compute.buckets import next_power_of_two
 from service.compute.explain.engine import ExplanationResult, plan_calls
 from service.compute.explain.kernel import INTEGRATED, Forward, attribute
 from service.compute.explain.prepare import AttributionInputs, Evaluation
+from service.compute.fastpath import structured_call
 from service.vocabulary import METHODS
 
 COMPLETENESS = ("baseline_prediction", "convergence_delta")
@@ -91,7 +92,8 @@ class FunctionExplainer:
     def _concrete(self, jit: bool) -> Any:
         with self._lock:
             if jit not in self._compiled:
-                self._compiled[jit] = self._trace(jit)
+                concrete = self._trace(jit)
+                self._compiled[jit] = structured_call(concrete) or concrete
             return self._compiled[jit]
 
     def _trace(self, jit: bool) -> Any:
