@@ -76,18 +76,12 @@ class FunctionExplainer:
         """Concrete functions traced so far (a request that finds its function traced adds none)."""
         self.xla_calls = 0
         """Calls that ran XLA-compiled."""
-        self._no_noise: list[Any] | None = None
-        """The noise input of a call whose method has none (see `_zero_noise`)."""
+        self._no_noise = [tf.zeros((1, 1, 1, *self.shapes[name]), self.dtype) for name in self.names]
+        """The noise input of a call whose method has none: zeros of one instance's shape per input, broadcast
+        over every point, made once (they never change)."""
         self._xla_answered: set[tuple[bool, int, int]] = set()
         """(noisy, evaluations, bucket) that XLA has compiled and answered once (as compiled._Bucketed): the shapes
         the one program takes; the method and |·| are values of its inputs, not shapes."""
-
-    def _zero_noise(self) -> list[Any]:
-        """Zeros of one instance's shape per input, broadcast over every point: made on the first call that
-        needs them, then the same constants for every call (they never change)."""
-        if self._no_noise is None:
-            self._no_noise = [tf.zeros((1, 1, 1, *self.shapes[name]), self.dtype) for name in self.names]
-        return self._no_noise
 
     def _concrete(self, jit: bool) -> Any:
         with self._lock:
@@ -185,7 +179,7 @@ class FunctionExplainer:
                 piece = np.concatenate([piece, np.repeat(piece[-1:], rows - (end - start), axis=0)])
             return tf.constant(piece[None])
 
-        noise = self._zero_noise() if job.noise is None else [rows_of(n) for n in job.noise]
+        noise = self._no_noise if job.noise is None else [rows_of(n) for n in job.noise]
         out = concrete(
             *(rows_of(x) for x in job.inputs),
             *(rows_of(b) for b in job.starts),
