@@ -83,7 +83,8 @@ class FunctionExplainer:
         """(noisy, evaluations, bucket) that XLA has compiled and answered once (as compiled._Bucketed): the shapes
         the one program takes; the method and |·| are values of its inputs, not shapes."""
 
-    def _concrete(self, jit: bool) -> Any:
+    def _compiled_call(self, jit: bool) -> Any:
+        """The one function (XLA-compiled or not), traced on first need, called as its op where `fastpath` applies."""
         with self._lock:
             if jit not in self._compiled:
                 concrete = self._trace(jit)
@@ -157,7 +158,7 @@ class FunctionExplainer:
         if large and bucket * per_instance <= self.max_elements:
             compiled = (evaluated.noisy, evaluated.evaluations, bucket)
             try:
-                found = self._call(self._concrete(True), evaluated, job, bounds=bounds, rows=bucket)
+                found = self._call(self._compiled_call(True), evaluated, job, bounds=bounds, rows=bucket)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
                 if compiled in self._xla_answered:
                     raise  # XLA compiled this shape before: the error is the call's own, not XLA's
@@ -166,10 +167,10 @@ class FunctionExplainer:
                 self._xla_answered.add(compiled)
                 self.xla_calls += 1
                 return found
-        return self._call(self._concrete(False), evaluated, job, bounds=bounds, rows=rows)
+        return self._call(self._compiled_call(False), evaluated, job, bounds=bounds, rows=rows)
 
     def _call(
-        self, concrete: Any, evaluated: Evaluation, job: AttributionInputs, *, bounds: tuple[int, int], rows: int
+        self, compiled: Any, evaluated: Evaluation, job: AttributionInputs, *, bounds: tuple[int, int], rows: int
     ) -> dict[str, np.ndarray]:
         start, end = bounds
 
@@ -180,7 +181,7 @@ class FunctionExplainer:
             return tf.constant(piece[None])
 
         noise = self._no_noise if job.noise is None else [rows_of(n) for n in job.noise]
-        out = concrete(
+        out = compiled(
             *(rows_of(x) for x in job.inputs),
             *(rows_of(b) for b in job.starts),
             *noise,
